@@ -1,0 +1,113 @@
+package guard
+
+import "time"
+
+// Reason is the one code a Decision rests on.
+type Reason string
+
+// Reason codes, as the front ends and the audit log print them.
+const (
+	ReasonGranted           Reason = "consent_granted"
+	ReasonDenied            Reason = "consent_denied"
+	ReasonPending           Reason = "consent_pending"
+	ReasonMissing           Reason = "consent_missing"
+	ReasonStorageDenied     Reason = "storage_denied"
+	ReasonUnknownContact    Reason = "unknown_contact"
+	ReasonStoreUnavailable  Reason = "store_unavailable"
+	ReasonInvalidIdentifier Reason = "invalid_identifier"
+)
+
+// severity orders the denial reasons for rule 4: the highest wins.
+func (r Reason) severity() int {
+	switch r {
+	case ReasonGranted:
+		return 0
+	case ReasonMissing:
+		return 1
+	case ReasonPending:
+		return 2
+	case ReasonDenied:
+		return 3
+	case ReasonStorageDenied:
+		return 4
+	}
+	return 5
+}
+
+// Decision says whether one send or call may go out, why, and which records
+// (at which versions) it rests on.
+type Decision struct {
+	Allowed bool        `json:"allowed"`
+	Channel Channel     `json:"channel"`
+	Reason  Reason      `json:"reason"`
+	Records []RecordRef `json:"records"`
+	// Identifier is the normalised identifier that was checked; it is not
+	// rendered: front ends decide what, if anything, to echo.
+	Identifier Identifier `json:"-"`
+	At         time.Time  `json:"-"`
+}
+
+// RecordRef is one record a decision rests on.
+type RecordRef struct {
+	ID      string `json:"id"`
+	Object  string `json:"object,omitempty"`
+	Consent string `json:"consent"`
+	Version string `json:"version,omitempty"`
+	Reason  Reason `json:"reason"`
+}
+
+// VersionString renders a version the way Salesforce does (UTC, millis).
+func VersionString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z")
+}
+
+// Decide applies decision rules 2–4 of DESIGN.md to the records found for
+// one identifier. It is pure: no store, no clock.
+func Decide(v Vocabulary, ch Channel, recs []Record) Decision {
+	d := Decision{Channel: ch, Reason: ReasonUnknownContact, Records: []RecordRef{}}
+	worst := ReasonGranted
+	n := 0
+	for i := range recs {
+		r := &recs[i]
+		if r.Deleted {
+			continue
+		}
+		n++
+		reason := recordReason(v, ch, r)
+		d.Records = append(d.Records, RecordRef{
+			ID:      r.ID,
+			Object:  r.Object,
+			Consent: r.Consent[ch],
+			Version: VersionString(r.Version),
+			Reason:  reason,
+		})
+		if reason.severity() > worst.severity() {
+			worst = reason
+		}
+	}
+	if n == 0 {
+		return d
+	}
+	d.Reason = worst
+	d.Allowed = worst == ReasonGranted
+	return d
+}
+
+// recordReason is rule 3 for one record.
+func recordReason(v Vocabulary, ch Channel, r *Record) Reason {
+	if c, _ := v.Classify(r.Consent[Storage]); c == Denied {
+		return ReasonStorageDenied
+	}
+	switch c, _ := v.Classify(r.Consent[ch]); c {
+	case Granted:
+		return ReasonGranted
+	case Denied:
+		return ReasonDenied
+	case Pending:
+		return ReasonPending
+	}
+	return ReasonMissing
+}

@@ -1,0 +1,182 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Store is what the guard needs from a consent store.
+//
+// Lookup returns, for each identifier in order, the live records that carry
+// it: the record with that Id for KindRecordID, every record whose current
+// identifiers include it for email and phone. Tombstones are left out. A
+// store answers a whole batch in a bounded number of round trips.
+type Store interface {
+	Lookup(ctx context.Context, ids []Identifier) ([][]Record, error)
+}
+
+// DefaultTimeout bounds one store lookup.
+const DefaultTimeout = 250 * time.Millisecond
+
+// Options configure a Guard. The zero value gives the German vocabulary,
+// region DE, a 250 ms store timeout, the wall clock and a discarding logger.
+type Options struct {
+	Vocabulary Vocabulary
+	Region     string // default region for phone numbers without a country code
+	Timeout    time.Duration
+	Clock      func() time.Time
+	Logger     *slog.Logger
+	// Observe, when set, sees every decision the guard makes (audit log,
+	// metrics). It must not block.
+	Observe func(Decision)
+}
+
+// Guard makes decisions. It is safe for concurrent use.
+type Guard struct {
+	store   Store
+	vocab   Vocabulary
+	region  string
+	timeout time.Duration
+	now     func() time.Time
+	log     *slog.Logger
+	observe func(Decision)
+}
+
+// New returns a Guard asking store.
+func New(store Store, opts Options) *Guard {
+	g := &Guard{
+		store:   store,
+		vocab:   opts.Vocabulary,
+		region:  opts.Region,
+		timeout: opts.Timeout,
+		now:     opts.Clock,
+		log:     opts.Logger,
+		observe: opts.Observe,
+	}
+	if len(g.vocab.Granted) == 0 && len(g.vocab.Denied) == 0 {
+		g.vocab = DefaultVocabulary()
+	}
+	if g.region == "" {
+		g.region = "DE"
+	}
+	if g.timeout <= 0 {
+		g.timeout = DefaultTimeout
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	return g
+}
+
+// Vocabulary returns the words the guard classifies consent with.
+func (g *Guard) Vocabulary() Vocabulary { return g.vocab }
+
+// Region returns the default phone region.
+func (g *Guard) Region() string { return g.region }
+
+// Parse normalises a raw identifier of the given kind.
+func (g *Guard) Parse(k Kind, raw string) (Identifier, error) {
+	switch k {
+	case KindEmail:
+		return ParseEmail(raw)
+	case KindPhone:
+		return ParsePhone(raw, g.region)
+	case KindRecordID:
+		return ParseRecordID(raw)
+	}
+	return Identifier{}, fmt.Errorf("%w: unknown identifier kind", ErrInvalidIdentifier)
+}
+
+// Check decides whether ch may be used to reach id.
+//
+// The Decision is always filled in and is a denial whenever err is non-nil:
+// ErrUnavailable (reason store_unavailable) when the store did not answer in
+// time, ErrInvalidIdentifier (reason invalid_identifier) for a zero
+// Identifier.
+func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision, error) {
+	ds, err := g.CheckBatch(ctx, ch, []Identifier{id})
+	if len(ds) != 1 {
+		// CheckBatch always answers one decision per identifier.
+		return g.deny(ch, id, ReasonStoreUnavailable), fmt.Errorf("%w: short answer", ErrUnavailable)
+	}
+	if err == nil && ds[0].Reason == ReasonInvalidIdentifier {
+		err = fmt.Errorf("%w: empty identifier", ErrInvalidIdentifier)
+	}
+	return ds[0], err
+}
+
+// CheckBatch decides for many identifiers with one store lookup. It returns
+// one decision per identifier, in order. Zero identifiers (the caller's
+// parse failures) get invalid_identifier and are not looked up. When the
+// store fails every decision is store_unavailable and err wraps
+// ErrUnavailable.
+func (g *Guard) CheckBatch(ctx context.Context, ch Channel, ids []Identifier) ([]Decision, error) {
+	out := make([]Decision, len(ids))
+	if int(ch) >= NumChannels {
+		for i, id := range ids {
+			out[i] = g.deny(ch, id, ReasonInvalidIdentifier)
+		}
+		return out, fmt.Errorf("%w: %d", ErrInvalidChannel, uint8(ch))
+	}
+	ask := make([]Identifier, 0, len(ids))
+	pos := make([]int, 0, len(ids))
+	for i, id := range ids {
+		if id.Kind == 0 || id.Value == "" {
+			out[i] = g.deny(ch, id, ReasonInvalidIdentifier)
+			continue
+		}
+		ask = append(ask, id)
+		pos = append(pos, i)
+	}
+	if len(ask) == 0 {
+		g.emit(out)
+		return out, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, g.timeout)
+	recs, err := g.store.Lookup(lctx, ask)
+	cancel()
+	if err == nil && len(recs) != len(ask) {
+		err = fmt.Errorf("store answered %d of %d lookups", len(recs), len(ask))
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		} else if !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		g.log.Warn("consent lookup failed; denying", "channel", ch.String(), "count", len(ask), "err", err)
+		for _, i := range pos {
+			out[i] = g.deny(ch, ids[i], ReasonStoreUnavailable)
+		}
+		g.emit(out)
+		return out, err
+	}
+	now := g.now()
+	for j, i := range pos {
+		d := Decide(g.vocab, ch, recs[j])
+		d.Identifier = ids[i]
+		d.At = now
+		out[i] = d
+	}
+	g.emit(out)
+	return out, nil
+}
+
+func (g *Guard) deny(ch Channel, id Identifier, r Reason) Decision {
+	return Decision{Channel: ch, Reason: r, Records: []RecordRef{}, Identifier: id, At: g.now()}
+}
+
+func (g *Guard) emit(ds []Decision) {
+	if g.observe == nil {
+		return
+	}
+	for _, d := range ds {
+		g.observe(d)
+	}
+}
