@@ -94,6 +94,7 @@ var idnaProfile = idna.New(
 	idna.StrictDomainName(true),
 	idna.ValidateLabels(true),
 	idna.BidiRule(),
+	idna.VerifyDNSLength(true),
 )
 
 // ParseEmail normalises an email address: surrounding space and angle

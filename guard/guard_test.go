@@ -1,0 +1,243 @@
+package guard_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/consentguard/consentguard/guard"
+)
+
+// memStore answers lookups from a fixed map. The decision rules are pure;
+// the Redis store has its own contract suite in package cache.
+type memStore struct {
+	byKey map[string][]guard.Record
+	err   error
+	calls int
+}
+
+func (m *memStore) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
+	m.calls++
+	if m.err != nil {
+		return nil, m.err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([][]guard.Record, len(ids))
+	for i, id := range ids {
+		out[i] = m.byKey[id.Key()]
+	}
+	return out, nil
+}
+
+func rec(id string, consent ...string) guard.Record {
+	r := guard.Record{ID: id, Object: "Contact", Version: time.Date(2026, 11, 28, 9, 15, 2, 0, time.UTC)}
+	copy(r.Consent[:], consent)
+	return r
+}
+
+func mustEmail(tb testing.TB, s string) guard.Identifier {
+	tb.Helper()
+	id, err := guard.ParseEmail(s)
+	if err != nil {
+		tb.Fatalf("ParseEmail(%q): %v", s, err)
+	}
+	return id
+}
+
+var fixedNow = time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
+
+func newGuard(st guard.Store, seen *[]guard.Decision) *guard.Guard {
+	return guard.New(st, guard.Options{
+		Clock: func() time.Time { return fixedNow },
+		Observe: func(d guard.Decision) {
+			if seen != nil {
+				*seen = append(*seen, d)
+			}
+		},
+	})
+}
+
+func TestCheckRules(t *testing.T) {
+	// Consent order in rec(): email, phone, post, storage.
+	tests := []struct {
+		name    string
+		ch      guard.Channel
+		recs    []guard.Record
+		allowed bool
+		reason  guard.Reason
+	}{
+		{"no record", guard.Email, nil, false, guard.ReasonUnknownContact},
+		{"granted", guard.Email, []guard.Record{rec("a", "Ja")}, true, guard.ReasonGranted},
+		{"granted, storage granted", guard.Email, []guard.Record{rec("a", "Ja", "", "", "Ja")}, true, guard.ReasonGranted},
+		{"granted, storage pending", guard.Email, []guard.Record{rec("a", "Ja", "", "", "Abfrage ausstehend")}, true, guard.ReasonGranted},
+		{"denied", guard.Email, []guard.Record{rec("a", "Nein")}, false, guard.ReasonDenied},
+		{"pending", guard.Email, []guard.Record{rec("a", "Abfrage ausstehend")}, false, guard.ReasonPending},
+		{"missing", guard.Email, []guard.Record{rec("a", "")}, false, guard.ReasonMissing},
+		{"unknown word counts as missing", guard.Email, []guard.Record{rec("a", "Vielleicht")}, false, guard.ReasonMissing},
+		{"case and space tolerant", guard.Email, []guard.Record{rec("a", " ja ")}, true, guard.ReasonGranted},
+		{"storage denied beats granted", guard.Email, []guard.Record{rec("a", "Ja", "", "", "Nein")}, false, guard.ReasonStorageDenied},
+		{"phone channel reads phone", guard.Phone, []guard.Record{rec("a", "Ja", "Nein")}, false, guard.ReasonDenied},
+		{"post channel", guard.Post, []guard.Record{rec("a", "Nein", "Nein", "Ja")}, true, guard.ReasonGranted},
+		{"storage channel itself", guard.Storage, []guard.Record{rec("a", "", "", "", "Ja")}, true, guard.ReasonGranted},
+		{"storage channel denied", guard.Storage, []guard.Record{rec("a", "Ja", "", "", "Nein")}, false, guard.ReasonStorageDenied},
+		{"all records granted", guard.Email, []guard.Record{rec("a", "Ja"), rec("b", "Ja")}, true, guard.ReasonGranted},
+		{"one of two missing", guard.Email, []guard.Record{rec("a", "Ja"), rec("b", "")}, false, guard.ReasonMissing},
+		{"pending beats missing", guard.Email, []guard.Record{rec("a", ""), rec("b", "Abfrage ausstehend")}, false, guard.ReasonPending},
+		{"denied beats pending", guard.Email, []guard.Record{rec("a", "Abfrage ausstehend"), rec("b", "Nein"), rec("c", "Ja")}, false, guard.ReasonDenied},
+		{"storage denied beats denied", guard.Email, []guard.Record{rec("a", "Nein"), rec("b", "Ja", "", "", "Nein")}, false, guard.ReasonStorageDenied},
+		{"tombstone alone is unknown", guard.Email, []guard.Record{{ID: "a", Deleted: true}}, false, guard.ReasonUnknownContact},
+		{"tombstone ignored beside live", guard.Email, []guard.Record{{ID: "a", Deleted: true}, rec("b", "Ja")}, true, guard.ReasonGranted},
+	}
+	id := mustEmail(t, "Info@Firma.de")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := &memStore{byKey: map[string][]guard.Record{id.Key(): tt.recs}}
+			var seen []guard.Decision
+			d, err := newGuard(st, &seen).Check(context.Background(), tt.ch, id)
+			if err != nil {
+				t.Fatalf("Check: %v", err)
+			}
+			if d.Allowed != tt.allowed || d.Reason != tt.reason {
+				t.Fatalf("got allowed=%v reason=%s, want allowed=%v reason=%s", d.Allowed, d.Reason, tt.allowed, tt.reason)
+			}
+			if d.Channel != tt.ch || !d.At.Equal(fixedNow) || d.Identifier != id {
+				t.Fatalf("decision metadata = %+v", d)
+			}
+			if len(seen) != 1 || seen[0].Reason != tt.reason {
+				t.Fatalf("observer saw %+v", seen)
+			}
+			live := 0
+			for _, r := range tt.recs {
+				if !r.Deleted {
+					live++
+				}
+			}
+			if len(d.Records) != live {
+				t.Fatalf("records = %+v, want %d", d.Records, live)
+			}
+		})
+	}
+}
+
+func TestDecisionRecordRefs(t *testing.T) {
+	id := mustEmail(t, "a@b.de")
+	r := rec("003000000000001AAA", "Nein")
+	st := &memStore{byKey: map[string][]guard.Record{id.Key(): {r}}}
+	d, err := newGuard(st, nil).Check(context.Background(), guard.Email, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := guard.RecordRef{ID: r.ID, Object: "Contact", Consent: "Nein", Version: "2026-11-28T09:15:02.000Z", Reason: guard.ReasonDenied}
+	if len(d.Records) != 1 || d.Records[0] != want {
+		t.Fatalf("records = %+v, want %+v", d.Records, want)
+	}
+}
+
+func TestCheckFailsClosed(t *testing.T) {
+	id := mustEmail(t, "a@b.de")
+	granted := map[string][]guard.Record{id.Key(): {rec("a", "Ja")}}
+	t.Run("store error", func(t *testing.T) {
+		st := &memStore{byKey: granted, err: errors.New("dial tcp: connection refused")}
+		d, err := newGuard(st, nil).Check(context.Background(), guard.Email, id)
+		if !errors.Is(err, guard.ErrUnavailable) {
+			t.Fatalf("err = %v, want ErrUnavailable", err)
+		}
+		if d.Allowed || d.Reason != guard.ReasonStoreUnavailable {
+			t.Fatalf("decision = %+v", d)
+		}
+	})
+	t.Run("store too slow", func(t *testing.T) {
+		slow := slowStore{}
+		g := guard.New(slow, guard.Options{Timeout: time.Millisecond})
+		d, err := g.Check(context.Background(), guard.Email, id)
+		if !errors.Is(err, guard.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if d.Allowed || d.Reason != guard.ReasonStoreUnavailable {
+			t.Fatalf("decision = %+v", d)
+		}
+	})
+	t.Run("caller cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		d, err := newGuard(&memStore{byKey: granted}, nil).Check(ctx, guard.Email, id)
+		if !errors.Is(err, guard.ErrUnavailable) || d.Allowed {
+			t.Fatalf("d=%+v err=%v", d, err)
+		}
+	})
+	t.Run("short answer", func(t *testing.T) {
+		d, err := newGuard(shortStore{}, nil).Check(context.Background(), guard.Email, id)
+		if !errors.Is(err, guard.ErrUnavailable) || d.Allowed {
+			t.Fatalf("d=%+v err=%v", d, err)
+		}
+	})
+	t.Run("zero identifier", func(t *testing.T) {
+		st := &memStore{byKey: granted}
+		d, err := newGuard(st, nil).Check(context.Background(), guard.Email, guard.Identifier{})
+		if !errors.Is(err, guard.ErrInvalidIdentifier) || d.Allowed || d.Reason != guard.ReasonInvalidIdentifier {
+			t.Fatalf("d=%+v err=%v", d, err)
+		}
+		if st.calls != 0 {
+			t.Fatalf("store asked for a zero identifier")
+		}
+	})
+}
+
+type slowStore struct{}
+
+func (slowStore) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+type shortStore struct{}
+
+func (shortStore) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
+	return nil, nil
+}
+
+func TestCheckBatch(t *testing.T) {
+	st := &memStore{byKey: map[string][]guard.Record{}}
+	var ids []guard.Identifier
+	for i := range 50 {
+		id := mustEmail(t, fmt.Sprintf("p%d@firma.de", i))
+		ids = append(ids, id)
+		switch i % 3 {
+		case 0:
+			st.byKey[id.Key()] = []guard.Record{rec(fmt.Sprint(i), "Ja")}
+		case 1:
+			st.byKey[id.Key()] = []guard.Record{rec(fmt.Sprint(i), "Nein")}
+		}
+	}
+	ids[7] = guard.Identifier{} // a caller's parse failure
+	ds, err := newGuard(st, nil).CheckBatch(context.Background(), guard.Email, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.calls != 1 {
+		t.Fatalf("store calls = %d, want 1 for the whole batch", st.calls)
+	}
+	for i, d := range ds {
+		want := []guard.Reason{guard.ReasonGranted, guard.ReasonDenied, guard.ReasonUnknownContact}[i%3]
+		if i == 7 {
+			want = guard.ReasonInvalidIdentifier
+		}
+		if d.Reason != want || d.Allowed != (want == guard.ReasonGranted) {
+			t.Errorf("item %d: %+v, want %s", i, d, want)
+		}
+	}
+	st.err = errors.New("boom")
+	ds, err = newGuard(st, nil).CheckBatch(context.Background(), guard.Email, ids)
+	if !errors.Is(err, guard.ErrUnavailable) {
+		t.Fatalf("err = %v", err)
+	}
+	for i, d := range ds {
+		if d.Allowed || (i != 7 && d.Reason != guard.ReasonStoreUnavailable) {
+			t.Fatalf("item %d after store failure: %+v", i, d)
+		}
+	}
+}
