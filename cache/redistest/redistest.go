@@ -1,0 +1,225 @@
+// Package redistest starts a real redis-server for tests: a throwaway
+// process on a free 127.0.0.1 port, in a temporary directory, without
+// persistence (--save "" --appendonly no). It is the test helper behind the
+// rule that the store is tested against real Redis, never a mock.
+//
+// If redis-server is not on PATH the test is skipped, unless the CI
+// environment variable is non-empty, in which case it fails.
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// startTimeout bounds how long Start and Restart wait for the server to answer PING.
+const startTimeout = 20 * time.Second
+
+// Server is one redis-server process owned by a test.
+type Server struct {
+	bin  string
+	dir  string
+	port int
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{} // closed when cmd has exited
+	output *bytes.Buffer // stdout+stderr of the current process
+}
+
+// Start launches redis-server on a free loopback port and registers its
+// shutdown with tb.Cleanup. It returns once the server answers PING.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("redistest: redis-server not found on PATH (CI is set): %v", err)
+		}
+		tb.Skipf("redistest: redis-server not found on PATH: %v", err)
+	}
+	s := &Server{bin: bin, dir: tb.TempDir()}
+	tb.Cleanup(s.kill)
+	// A free port can be taken by someone else between probing and binding;
+	// retry a few times with fresh ports.
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			tb.Fatalf("redistest: find free port: %v", err)
+		}
+		s.port = port
+		if lastErr = s.start(); lastErr == nil {
+			return s
+		}
+	}
+	tb.Fatalf("redistest: start redis-server: %v", lastErr)
+	return nil
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// URL is a redis:// URL for the server (database 0).
+func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+
+// Client returns a new go-redis client for the server, closed on test cleanup.
+// Timeouts are generous so slow CI machines do not produce false failures,
+// and retries are off so a stopped server is noticed at once.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{
+		Addr:         s.Addr(),
+		DialTimeout:  2 * time.Second,
+		ReadTimeout:  5 * time.Second,
+		WriteTimeout: 5 * time.Second,
+		MaxRetries:   -1,
+	})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Stop kills the server (SIGKILL) and waits for it to exit, simulating
+// Redis going away. Data is lost; the port is kept for Restart.
+func (s *Server) Stop(tb testing.TB) {
+	tb.Helper()
+	s.kill()
+}
+
+// Restart starts a fresh server on the same port (empty data) and waits
+// until it answers PING. It stops a running server first.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.kill()
+	var err error
+	// The kernel may hold the port briefly after the kill; retry.
+	deadline := time.Now().Add(startTimeout)
+	for {
+		if err = s.start(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("redistest: restart redis-server on %s: %v", s.Addr(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (s *Server) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := new(bytes.Buffer)
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--dir", s.dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--protected-mode", "no",
+		"--daemonize", "no",
+		"--loglevel", "warning",
+	)
+	cmd.Dir = s.dir
+	cmd.Stdout = &lockedWriter{w: out}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.cmd, s.done, s.output = cmd, done, out
+
+	if err := waitPing(s.Addr(), done); err != nil {
+		_ = cmd.Process.Kill()
+		<-done
+		s.cmd, s.done = nil, nil
+		return fmt.Errorf("%w; output: %s", err, cmd.Stdout.(*lockedWriter).String())
+	}
+	return nil
+}
+
+func (s *Server) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd, s.done = nil, nil
+}
+
+// waitPing dials addr and sends PING until it gets +PONG, the process exits
+// or startTimeout passes.
+func waitPing(addr string, done <-chan struct{}) error {
+	deadline := time.Now().Add(startTimeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return fmt.Errorf("redis-server exited early (last error: %v)", lastErr)
+		default:
+		}
+		if lastErr = ping(addr); lastErr == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("redis-server on %s did not answer PING within %s: %v", addr, startTimeout, lastErr)
+}
+
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("unexpected PING reply %q", line)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
+}
