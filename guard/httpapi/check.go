@@ -1,0 +1,331 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/consentguard/consentguard/guard"
+	"github.com/gin-gonic/gin"
+	"github.com/go-playground/validator/v10"
+)
+
+// checkRequest is one check: a channel and exactly one identifier, from
+// the query of GET /v1/check or the JSON body of POST /v1/check.
+type checkRequest struct {
+	Channel   string `json:"channel" validate:"required"`
+	Email     string `json:"email" validate:"required_without_all=Phone ContactID,excluded_with=Phone ContactID"`
+	Phone     string `json:"phone" validate:"required_without_all=Email ContactID,excluded_with=Email ContactID"`
+	ContactID string `json:"contact_id" validate:"required_without_all=Email Phone,excluded_with=Email Phone"`
+}
+
+// batchRequest is the body of POST /v1/check/batch. Items are not
+// validated as a whole: each bad item gets its own invalid_identifier
+// decision.
+type batchRequest struct {
+	Channel string      `json:"channel" validate:"required"`
+	Items   []batchItem `json:"items" validate:"required"`
+}
+
+type batchItem struct {
+	Email     string `json:"email"`
+	Phone     string `json:"phone"`
+	ContactID string `json:"contact_id"`
+}
+
+var (
+	errNoIdentifier = fmt.Errorf("%w: exactly one of email, phone or contact_id is required", errBadRequest)
+	errNoChannel    = fmt.Errorf("%w: channel is required", errBadRequest)
+)
+
+// checkScopes are the scopes per channel, built once.
+var checkScopes = func() (s [guard.NumChannels]string) {
+	for _, ch := range guard.Channels {
+		s[ch] = "check:" + ch.String()
+	}
+	return s
+}()
+
+// handleCheckGet serves GET /v1/check?channel=C&email=E (or phone=,
+// contact_id=).
+func (s *server) handleCheckGet() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		var req checkRequest
+		if err := parseCheckQuery(c.Request.URL.RawQuery, &req); err != nil {
+			s.fail(c, err)
+			return
+		}
+		s.check(c, &req)
+	}
+}
+
+// handleCheckPost serves POST /v1/check with a JSON checkRequest.
+func (s *server) handleCheckPost() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		var req checkRequest
+		if err := s.decodeBody(c, &req); err != nil {
+			s.fail(c, err)
+			return
+		}
+		s.check(c, &req)
+	}
+}
+
+// check is the common part of the single checks: validate → parse →
+// authorise → guard → render.
+func (s *server) check(c *gin.Context, req *checkRequest) {
+	if err := s.validateCheck(req); err != nil {
+		s.fail(c, err)
+		return
+	}
+	ch, err := guard.ParseChannel(req.Channel)
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	if !s.authorized(c, checkScopes[ch]) {
+		return
+	}
+	kind, raw := req.identifier()
+	id, err := s.guard.Parse(kind, raw)
+	if err != nil {
+		s.metrics.decided(ch, guard.ReasonInvalidIdentifier)
+		s.fail(c, err)
+		return
+	}
+	d, err := s.guard.Check(c.Request.Context(), ch, id)
+	s.metrics.decided(ch, d.Reason)
+	writeDecision(c, &d, err)
+}
+
+func (s *server) validateCheck(req *checkRequest) error {
+	err := s.validate.Struct(req)
+	if err == nil {
+		return nil
+	}
+	var ve validator.ValidationErrors
+	if errors.As(err, &ve) && len(ve) > 0 && ve[0].Field() == "Channel" {
+		return errNoChannel
+	}
+	return errNoIdentifier
+}
+
+// identifier returns the one identifier a validated request carries.
+func (r *checkRequest) identifier() (guard.Kind, string) {
+	switch {
+	case r.Email != "":
+		return guard.KindEmail, r.Email
+	case r.Phone != "":
+		return guard.KindPhone, r.Phone
+	}
+	return guard.KindRecordID, r.ContactID
+}
+
+// parseCheckQuery reads channel, email, phone and contact_id from a raw
+// query without building a url.Values map (this is the hot path). Other
+// parameters are ignored; a repeated one is an error. A phone number's
+// leading '+' is kept even when not percent-encoded (curl users write
+// phone=+49…), every other '+' is a space as usual.
+func parseCheckQuery(raw string, req *checkRequest) error {
+	var seen uint8
+	for raw != "" {
+		var kv string
+		kv, raw, _ = strings.Cut(raw, "&")
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.ContainsAny(k, "%+") {
+			uk, err := url.QueryUnescape(k)
+			if err != nil {
+				continue
+			}
+			k = uk
+		}
+		var dst *string
+		var bit uint8
+		switch k {
+		case "channel":
+			dst, bit = &req.Channel, 1
+		case "email":
+			dst, bit = &req.Email, 2
+		case "phone":
+			dst, bit = &req.Phone, 4
+		case "contact_id":
+			dst, bit = &req.ContactID, 8
+		default:
+			continue
+		}
+		if seen&bit != 0 {
+			return fmt.Errorf("%w: parameter %s given more than once", errBadRequest, k)
+		}
+		seen |= bit
+		plus := bit == 4 && strings.HasPrefix(v, "+")
+		if plus {
+			v = v[1:]
+		}
+		if strings.ContainsAny(v, "%+") {
+			uv, err := url.QueryUnescape(v)
+			if err != nil {
+				return fmt.Errorf("%w: parameter %s is not URL-encoded properly", errBadRequest, k)
+			}
+			v = uv
+		}
+		if plus {
+			v = "+" + v
+		}
+		*dst = v
+	}
+	return nil
+}
+
+// handleCheckBatch serves POST /v1/check/batch: up to MaxBatch items, one
+// guard.CheckBatch call (one pipelined store lookup), results in item
+// order. Items that cannot be parsed get their own invalid_identifier
+// decision; the batch fails as a whole (503) only when the store does.
+func (s *server) handleCheckBatch() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		var req batchRequest
+		if err := s.decodeBody(c, &req); err != nil {
+			s.fail(c, err)
+			return
+		}
+		if err := s.validate.Struct(&req); err != nil {
+			var ve validator.ValidationErrors
+			if errors.As(err, &ve) && len(ve) > 0 && ve[0].Field() == "Channel" {
+				s.fail(c, errNoChannel)
+			} else {
+				s.fail(c, fmt.Errorf("%w: items is required", errBadRequest))
+			}
+			return
+		}
+		if len(req.Items) > s.maxBatch {
+			s.fail(c, fmt.Errorf("%w: %d items, at most %d per batch", errBadRequest, len(req.Items), s.maxBatch))
+			return
+		}
+		ch, err := guard.ParseChannel(req.Channel)
+		if err != nil {
+			s.fail(c, err)
+			return
+		}
+		if !s.authorized(c, checkScopes[ch]) {
+			return
+		}
+		ids, bad := s.parseItems(req.Items)
+		ds, err := s.guard.CheckBatch(c.Request.Context(), ch, ids)
+		for i := range ds {
+			s.metrics.decided(ch, ds[i].Reason)
+		}
+		if err != nil {
+			s.fail(c, err)
+			return
+		}
+		writeBatch(c, ds, bad)
+	}
+}
+
+// parseItems normalises the batch's identifiers, on every CPU for large
+// batches (phone parsing dominates). A bad item leaves a zero Identifier,
+// which the guard answers with invalid_identifier, and its message in bad.
+func (s *server) parseItems(items []batchItem) ([]guard.Identifier, []string) {
+	ids := make([]guard.Identifier, len(items))
+	var bad []string
+	var mu sync.Mutex
+	parse := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			id, err := s.parseItem(&items[i])
+			if err != nil {
+				mu.Lock()
+				if bad == nil {
+					bad = make([]string, len(items))
+				}
+				bad[i] = publicMessage(err)
+				mu.Unlock()
+				continue
+			}
+			ids[i] = id
+		}
+	}
+	workers := runtime.GOMAXPROCS(0)
+	const minChunk = 256
+	if workers < 2 || len(items) < 2*minChunk {
+		parse(0, len(items))
+		return ids, bad
+	}
+	workers = min(workers, len(items)/minChunk)
+	var wg sync.WaitGroup
+	chunk := (len(items) + workers - 1) / workers
+	for lo := 0; lo < len(items); lo += chunk {
+		wg.Go(func() { parse(lo, min(lo+chunk, len(items))) })
+	}
+	wg.Wait()
+	return ids, bad
+}
+
+func (s *server) parseItem(it *batchItem) (guard.Identifier, error) {
+	n := 0
+	var kind guard.Kind
+	var raw string
+	if it.Email != "" {
+		n, kind, raw = n+1, guard.KindEmail, it.Email
+	}
+	if it.Phone != "" {
+		n, kind, raw = n+1, guard.KindPhone, it.Phone
+	}
+	if it.ContactID != "" {
+		n, kind, raw = n+1, guard.KindRecordID, it.ContactID
+	}
+	if n != 1 {
+		return guard.Identifier{}, errNoIdentifier
+	}
+	return s.guard.Parse(kind, raw)
+}
+
+func publicMessage(err error) string {
+	_, msg := publicError(err)
+	return msg
+}
+
+// writeBatch renders {"results":[decision,…]}; an item that could not be
+// parsed carries its "error".
+func writeBatch(c *gin.Context, ds []guard.Decision, bad []string) {
+	b := make([]byte, 0, 16+len(ds)*160)
+	b = append(b, `{"results":[`...)
+	for i := range ds {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		msg := ""
+		if bad != nil {
+			msg = bad[i]
+		}
+		b = appendDecision(b, &ds[i], msg)
+	}
+	b = append(b, "]}\n"...)
+	writeBody(c, statusFor(nil), b)
+}
+
+// decodeBody reads a JSON body of at most MaxBody bytes into v.
+func (s *server) decodeBody(c *gin.Context, v any) error {
+	body := c.Request.Body
+	if body == nil {
+		return fmt.Errorf("%w: JSON body required", errBadRequest)
+	}
+	r := io.LimitReader(body, s.maxBody+1)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("%w: could not read the body", errBadRequest)
+	}
+	if int64(len(data)) > s.maxBody {
+		return errTooLarge
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%w: body is not the expected JSON", errBadRequest)
+	}
+	return nil
+}

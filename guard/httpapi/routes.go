@@ -1,0 +1,31 @@
+package httpapi
+
+import (
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// routes mounts every route of the API (DESIGN.md, "Public interface").
+func (s *server) routes(r *gin.Engine) {
+	r.Use(s.observe, s.recoverPanics, s.authenticate)
+
+	r.GET("/v1/check", s.handleCheckGet())
+	r.POST("/v1/check", s.handleCheckPost())
+	r.POST("/v1/check/batch", s.handleCheckBatch())
+	r.GET("/v1/contacts/:id", s.require("contacts:read"), s.handleContactGet())
+	r.DELETE("/v1/contacts/:id", s.require("contacts:erase"), s.handleContactDelete())
+
+	r.GET("/healthz", s.handleHealthz())
+	r.GET("/readyz", s.handleReadyz())
+	if s.gatherer != nil {
+		r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
+	}
+
+	r.NoRoute(func(c *gin.Context) { writeError(c, errNoRoute) })
+	r.NoMethod(func(c *gin.Context) { writeError(c, errNoMethod) })
+}
+
+// require is middleware answering 403 unless the request's key holds scope.
+func (s *server) require(scope string) gin.HandlerFunc {
+	return func(c *gin.Context) { s.authorized(c, scope) }
+}
