@@ -1,0 +1,119 @@
+package smtprelay
+
+import (
+	"errors"
+	"strings"
+	"unicode"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/consentguard/consentguard/guard"
+)
+
+// rcptReply maps one guard answer for the recipient addr to the RCPT reply,
+// or nil when the recipient may be reached. It is the only place where guard
+// errors and decisions become SMTP replies. Every reply is a fresh
+// *smtp.SMTPError: go-smtp writes the text of any other error on the wire.
+func rcptReply(addr string, d guard.Decision, err error) *smtp.SMTPError {
+	switch {
+	case err == nil && d.Allowed:
+		return nil
+	case errors.Is(err, guard.ErrInvalidIdentifier):
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3},
+			Message: bracket(addr) + ": invalid recipient address"}
+	case err != nil:
+		// ErrUnavailable, and anything unexpected: fail closed, but only
+		// temporarily, so the sender keeps the message and retries.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+			Message: bracket(addr) + ": consent store unavailable, try again later"}
+	}
+	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: bracket(addr) + ": no email consent (" + string(d.Reason) + ")"}
+}
+
+// Fixed replies. Each call returns a fresh value.
+
+func errUpstreamUnavailable() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
+		Message: "upstream mail server unavailable, try again later"}
+}
+
+func errUpstreamLost() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "connection to upstream mail server lost, try again later"}
+}
+
+func errTooLarge() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+		Message: "message exceeds the size limit"}
+}
+
+func errAborted() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "message transfer aborted, try again later"}
+}
+
+func errTooManyRecipients() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+		Message: "too many recipients for one message"}
+}
+
+func errAuthRequired() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		Message: "authentication required"}
+}
+
+func errAuthFailed() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
+		Message: "authentication credentials invalid"}
+}
+
+func errBadSender() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},
+		Message: "invalid sender address"}
+}
+
+func errTemporary() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "temporary local problem, try again later"}
+}
+
+// upstreamReply turns a non-2xx upstream reply into the reply for our
+// client: same code and text, so a 4xx stays temporary and a 5xx permanent.
+// Anything that is neither 4xx nor 5xx becomes a 451.
+func upstreamReply(r reply) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: r.code, EnhancedCode: r.enh, Message: printable(r.msg, 400)}
+	if e.Message == "" {
+		e.Message = "rejected by upstream mail server"
+	}
+	if c := r.code / 100; c != 4 && c != 5 {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0},
+			Message: "unexpected reply from upstream mail server, try again later"}
+	}
+	if e.EnhancedCode == (smtp.EnhancedCode{}) || e.EnhancedCode[0] != r.code/100 {
+		e.EnhancedCode = smtp.EnhancedCode{r.code / 100, 0, 0}
+	}
+	return e
+}
+
+// bracket renders an address for a reply: "<addr>", with anything that
+// could break the reply removed. The address is the client's own, so it is
+// not masked.
+func bracket(addr string) string {
+	return "<" + strings.NewReplacer("<", "", ">", "", "\n", "").Replace(printable(addr, 320)) + ">"
+}
+
+// printable keeps printable characters (and the newlines that separate the
+// lines of a multi-line reply) and cuts s to at most n bytes.
+func printable(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\n' || unicode.IsPrint(r) {
+			return r
+		}
+		return -1
+	}, s)
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "")
+	}
+	return strings.TrimSpace(s)
+}

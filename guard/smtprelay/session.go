@@ -1,0 +1,335 @@
+package smtprelay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/consentguard/consentguard/guard"
+)
+
+// NewSession implements smtp.Backend. go-smtp calls it on EHLO/HELO, and
+// again after STARTTLS.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	ss := &session{s: s, helo: c.Hostname(), tc: tracked(c.Conn())}
+	if addr, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
+		ss.ip = addr.IP.String()
+	}
+	_, ss.tls = c.TLSConnectionState()
+	ss.log = s.log.With("client", ss.ip)
+	return ss, nil
+}
+
+// session is one SMTP client conversation. go-smtp calls its methods from
+// the connection's goroutine, except Logout, which may come from another
+// goroutine when the connection is closed under a running command.
+type session struct {
+	s    *Server
+	log  *slog.Logger
+	tc   *trackedConn
+	helo string
+	ip   string
+	tls  bool
+	user string // authenticated user, "" if none
+
+	from     string
+	mailOpts *smtp.MailOptions
+	attempts int // RCPT commands in this transaction
+	accepted int // recipients accepted (guard and upstream)
+
+	mu     sync.Mutex
+	up     *upConn // upstream connection holding our transaction
+	broken bool    // the upstream transaction was lost after a recipient was accepted
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+// AuthMechanisms implements smtp.AuthSession.
+func (ss *session) AuthMechanisms() []string {
+	if ss.s.users == nil {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// Auth implements smtp.AuthSession.
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.s.users == nil {
+		return nil, &smtp.SMTPError{Code: 502, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "authentication not enabled"}
+	}
+	check := func(identity, user, pass string) error {
+		if identity != "" && identity != user {
+			return errAuthFailed()
+		}
+		if !ss.s.checkPassword(user, pass) {
+			ss.log.Warn("authentication failed", "user", printable(user, 64))
+			return errAuthFailed()
+		}
+		ss.user = user
+		ss.log = ss.log.With("user", user)
+		return nil
+	}
+	switch strings.ToUpper(mech) {
+	case sasl.Plain:
+		return saslServer{sasl.NewPlainServer(check)}, nil
+	case sasl.Login:
+		return saslServer{&loginServer{check: func(u, p string) error { return check("", u, p) }}}, nil
+	}
+	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unsupported authentication mechanism"}
+}
+
+// Mail implements smtp.Session.
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.s.users != nil && ss.user == "" {
+		return errAuthRequired()
+	}
+	if strings.ContainsAny(from, "\r\n<> \t") {
+		return errBadSender()
+	}
+	ss.resetTx()
+	ss.from, ss.mailOpts = from, opts
+	if ss.tc != nil {
+		ss.tc.busy.Store(1)
+	}
+	return nil
+}
+
+// Rcpt implements smtp.Session: one guard decision per recipient, then the
+// recipient is forwarded to the upstream, whose answer is passed back.
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.attempts++
+	if ss.attempts > ss.s.opts.MaxRecipients {
+		return errTooManyRecipients()
+	}
+	ctx := ss.s.ctx
+	masked := guard.Mask(guard.KindEmail, to)
+	id, err := ss.s.g.Parse(guard.KindEmail, to)
+	var d guard.Decision
+	if err == nil {
+		d, err = ss.s.g.Check(ctx, guard.Email, id)
+	}
+	if e := rcptReply(to, d, err); e != nil {
+		result := string(d.Reason)
+		switch {
+		case errors.Is(err, guard.ErrInvalidIdentifier):
+			result = string(guard.ReasonInvalidIdentifier)
+		case err != nil:
+			result = string(guard.ReasonStoreUnavailable)
+		}
+		ss.s.metrics.rcpts.WithLabelValues(result).Inc()
+		ss.log.Info("recipient refused", "rcpt", masked, "reason", result, "reply", e.Code)
+		return e
+	}
+	if e := ss.forward(ctx, to); e != nil {
+		ss.s.metrics.rcpts.WithLabelValues("upstream_rejected").Inc()
+		ss.log.Info("recipient refused by upstream", "rcpt", masked, "reply", e.Code)
+		return e
+	}
+	ss.accepted++
+	ss.s.metrics.rcpts.WithLabelValues(string(d.Reason)).Inc()
+	ss.log.Debug("recipient accepted", "rcpt", masked, "records", len(d.Records))
+	return nil
+}
+
+// forward sends RCPT upstream, opening the upstream transaction (RSET if
+// needed, MAIL) with the first accepted recipient. A pooled connection that
+// turns out dead is replaced once.
+func (ss *session) forward(ctx context.Context, to string) *smtp.SMTPError {
+	ss.mu.Lock()
+	u := ss.up
+	ss.mu.Unlock()
+	if ss.broken {
+		return errUpstreamLost()
+	}
+	rcpt := "RCPT TO:<" + to + ">"
+	if u != nil {
+		rs, err := u.exchange(rcpt)
+		if err != nil {
+			ss.dropUpstream(err)
+			if ss.accepted > 0 {
+				ss.broken = true
+			}
+			return errUpstreamLost()
+		}
+		if !rs[0].ok() {
+			return upstreamReply(rs[0])
+		}
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		u, reused, err := ss.s.up.get(ctx)
+		if err != nil {
+			ss.log.Warn("upstream unavailable", "upstream", ss.s.opts.Upstream, "err", err)
+			return errUpstreamUnavailable()
+		}
+		cmds := make([]string, 0, 3)
+		if u.dirty {
+			cmds = append(cmds, "RSET")
+		}
+		cmds = append(cmds, "MAIL FROM:<"+ss.from+">"+u.mailParams(ss.mailOpts), rcpt)
+		u.dirty = true
+		rs, err := u.exchange(cmds...)
+		if err == nil && len(cmds) == 3 && !rs[0].ok() {
+			err = errProtocol
+		}
+		if err != nil {
+			u.close()
+			if reused && attempt == 0 {
+				continue // the idle connection went stale; dial afresh
+			}
+			ss.log.Warn("upstream failed", "upstream", ss.s.opts.Upstream, "err", err)
+			return errUpstreamUnavailable()
+		}
+		mail, rc := rs[len(rs)-2], rs[len(rs)-1]
+		if !mail.ok() {
+			ss.s.up.put(u)
+			ss.log.Info("sender refused by upstream", "reply", mail.code)
+			return upstreamReply(mail)
+		}
+		ss.mu.Lock()
+		ss.up = u
+		ss.mu.Unlock()
+		if !rc.ok() {
+			return upstreamReply(rc)
+		}
+		return nil
+	}
+}
+
+// dropUpstream closes the session's upstream connection after an error.
+func (ss *session) dropUpstream(err error) {
+	ss.mu.Lock()
+	u := ss.up
+	ss.up = nil
+	ss.mu.Unlock()
+	if u != nil {
+		u.close()
+		ss.log.Warn("upstream connection lost", "upstream", ss.s.opts.Upstream, "err", err)
+	}
+}
+
+// Data implements smtp.Session: the message goes upstream with a Received:
+// header in front, and the upstream's final reply comes back.
+func (ss *session) Data(r io.Reader) error {
+	ss.mu.Lock()
+	u := ss.up
+	ss.up = nil
+	ss.mu.Unlock()
+	if u == nil || ss.broken {
+		ss.s.metrics.messages.WithLabelValues("upstream_unavailable").Inc()
+		return errUpstreamLost()
+	}
+	start := time.Now()
+	final, readErr, err := u.send(ss.traceHeader(), r)
+	switch {
+	case readErr != nil:
+		// u is closed: the upstream never saw an end of data.
+		if errors.Is(readErr, smtp.ErrDataTooLarge) {
+			ss.s.metrics.messages.WithLabelValues("too_large").Inc()
+			ss.log.Info("message too large", "limit", ss.s.opts.MaxMessageBytes)
+			return errTooLarge()
+		}
+		ss.s.metrics.messages.WithLabelValues("aborted").Inc()
+		ss.log.Info("message transfer aborted by client", "err", readErr)
+		return errAborted()
+	case err != nil:
+		u.close()
+		ss.s.metrics.messages.WithLabelValues("upstream_unavailable").Inc()
+		ss.log.Warn("upstream lost during DATA", "upstream", ss.s.opts.Upstream, "err", err)
+		return errUpstreamLost()
+	}
+	ss.s.up.put(u)
+	if !final.ok() {
+		ss.s.metrics.messages.WithLabelValues("upstream_rejected").Inc()
+		ss.log.Info("message refused by upstream", "reply", final.code, "recipients", ss.accepted)
+		return upstreamReply(final)
+	}
+	ss.s.metrics.messages.WithLabelValues("relayed").Inc()
+	ss.log.Info("message relayed", "recipients", ss.accepted, "took", time.Since(start))
+	return nil
+}
+
+// traceHeader is the Received: header (RFC 5321 section 4.4) and, when
+// configured, X-Consent-Guard.
+func (ss *session) traceHeader() string {
+	proto := "ESMTP"
+	if ss.tls {
+		proto += "S"
+	}
+	if ss.user != "" {
+		proto += "A"
+	}
+	helo := strings.Map(func(r rune) rune {
+		if r > ' ' && r < 0x7f && r != '(' && r != ')' && r != ';' {
+			return r
+		}
+		return -1
+	}, ss.helo)
+	if len(helo) > 255 {
+		helo = helo[:255]
+	}
+	var b strings.Builder
+	b.WriteString("Received: from ")
+	b.WriteString(helo)
+	b.WriteString(" ([")
+	b.WriteString(ss.ip)
+	b.WriteString("])\r\n\tby ")
+	b.WriteString(ss.s.opts.Domain)
+	b.WriteString(" (consentguard) with ")
+	b.WriteString(proto)
+	b.WriteString(";\r\n\t")
+	b.WriteString(time.Now().Format(time.RFC1123Z))
+	b.WriteString("\r\n")
+	if ss.s.opts.AddConsentHeader {
+		b.WriteString("X-Consent-Guard: email consent checked for every recipient by ")
+		b.WriteString(ss.s.opts.Domain)
+		b.WriteString("\r\n")
+	}
+	return b.String()
+}
+
+// Reset implements smtp.Session (RSET, a new EHLO, and after every DATA).
+func (ss *session) Reset() { ss.resetTx() }
+
+// resetTx ends the transaction; an upstream connection still inside one
+// goes back to the pool marked for RSET.
+func (ss *session) resetTx() {
+	ss.mu.Lock()
+	u := ss.up
+	ss.up = nil
+	ss.mu.Unlock()
+	if u != nil {
+		u.dirty = true
+		ss.s.up.put(u)
+	}
+	ss.from, ss.mailOpts = "", nil
+	ss.attempts, ss.accepted, ss.broken = 0, 0, false
+	if ss.tc != nil {
+		ss.tc.busy.Store(0)
+	}
+}
+
+// Logout implements smtp.Session. It may run while Data is streaming (the
+// connection was closed under it): the upstream connection is closed, not
+// pooled.
+func (ss *session) Logout() error {
+	ss.mu.Lock()
+	u := ss.up
+	ss.up = nil
+	ss.mu.Unlock()
+	if u != nil {
+		u.close()
+	}
+	if ss.tc != nil {
+		ss.tc.busy.Store(0)
+	}
+	return nil
+}

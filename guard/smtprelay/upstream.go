@@ -1,0 +1,466 @@
+package smtprelay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Upstream TLS modes (Options.UpstreamTLS).
+const (
+	UpstreamStartTLS = "starttls" // STARTTLS when the upstream offers it (default)
+	UpstreamRequire  = "require"  // STARTTLS, refuse an upstream that does not offer it
+	UpstreamNone     = "none"     // plain text
+	UpstreamTLS      = "tls"      // implicit TLS (port 465)
+)
+
+// reply is one SMTP reply from the upstream.
+type reply struct {
+	code int
+	enh  smtp.EnhancedCode
+	msg  string
+}
+
+func (r reply) ok() bool { return r.code/100 == 2 }
+
+// errProtocol: the upstream said something we cannot continue from.
+var errProtocol = errors.New("smtprelay: upstream protocol error")
+
+// upConn is one connection to the upstream server, set up (greeting, EHLO,
+// STARTTLS, AUTH) and ready for transactions. It is used by one session at
+// a time; the pool hands it out.
+type upConn struct {
+	nc      net.Conn
+	tr      *textproto.Reader
+	bw      *bufio.Writer
+	ext     map[string]string
+	timeout time.Duration
+	// dirty: a transaction was started and not finished; RSET before the
+	// next MAIL.
+	dirty bool
+	used  time.Time
+}
+
+func newUpConn(nc net.Conn, timeout time.Duration) *upConn {
+	return &upConn{
+		nc:      nc,
+		tr:      textproto.NewReader(bufio.NewReaderSize(nc, 4096)),
+		bw:      bufio.NewWriterSize(nc, 32*1024),
+		timeout: timeout,
+	}
+}
+
+func (u *upConn) has(ext string) bool { _, ok := u.ext[ext]; return ok }
+
+func (u *upConn) deadline() { _ = u.nc.SetDeadline(time.Now().Add(u.timeout)) }
+
+func (u *upConn) close() { _ = u.nc.Close() }
+
+// quit says goodbye politely, without waiting long for the answer.
+func (u *upConn) quit() {
+	_ = u.nc.SetDeadline(time.Now().Add(time.Second))
+	if _, err := u.bw.WriteString("QUIT\r\n"); err == nil && u.bw.Flush() == nil {
+		_, _ = u.read()
+	}
+	u.close()
+}
+
+// read reads one (possibly multi-line) reply.
+func (u *upConn) read() (reply, error) {
+	code, msg, err := u.tr.ReadResponse(0)
+	if err != nil {
+		var te *textproto.Error
+		if errors.As(err, &te) {
+			return reply{}, fmt.Errorf("%w: %v", errProtocol, err)
+		}
+		return reply{}, err
+	}
+	return parseReply(code, msg), nil
+}
+
+// parseReply splits the enhanced status code (RFC 2034) off the text.
+func parseReply(code int, msg string) reply {
+	r := reply{code: code, msg: msg}
+	first, rest, _ := strings.Cut(msg, " ")
+	parts := strings.Split(first, ".")
+	if len(parts) != 3 {
+		return r
+	}
+	var enh smtp.EnhancedCode
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 999 {
+			return r
+		}
+		enh[i] = n
+	}
+	r.enh = enh
+	r.msg = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
+	return r
+}
+
+// exchange sends the commands and returns one reply per command. With
+// PIPELINING (RFC 2920) all commands go out in one write; without, one at a
+// time. An error means the connection is unusable.
+func (u *upConn) exchange(cmds ...string) ([]reply, error) {
+	u.deadline()
+	out := make([]reply, 0, len(cmds))
+	pipe := u.has("PIPELINING")
+	for i, c := range cmds {
+		u.bw.WriteString(c)
+		u.bw.WriteString("\r\n")
+		if pipe && i < len(cmds)-1 {
+			continue
+		}
+		if err := u.bw.Flush(); err != nil {
+			return nil, err
+		}
+		for len(out) <= i {
+			r, err := u.read()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// hello sends EHLO, falling back to HELO, and records the extensions.
+func (u *upConn) hello(name string) error {
+	rs, err := u.exchange("EHLO " + name)
+	if err != nil {
+		return err
+	}
+	r := rs[0]
+	if !r.ok() {
+		if rs, err = u.exchange("HELO " + name); err != nil {
+			return err
+		}
+		if r = rs[0]; !r.ok() {
+			return fmt.Errorf("%w: HELO answered %d", errProtocol, r.code)
+		}
+		u.ext = map[string]string{}
+		return nil
+	}
+	u.ext = map[string]string{}
+	lines := strings.Split(r.msg, "\n")
+	for _, l := range lines[1:] {
+		k, v, _ := strings.Cut(strings.TrimSpace(l), " ")
+		u.ext[strings.ToUpper(k)] = v
+	}
+	return nil
+}
+
+// upstream dials and sets up connections to the upstream server and keeps a
+// few idle ones for reuse.
+type upstream struct {
+	addr       string
+	mode       string
+	tlsConfig  *tls.Config
+	user, pass string
+	name       string // our EHLO name
+	timeout    time.Duration
+	maxIdle    int
+	idleFor    time.Duration
+
+	mu     sync.Mutex
+	idle   []*upConn
+	closed bool
+}
+
+// get returns an idle connection or dials a new one. reused says which.
+func (p *upstream) get(ctx context.Context) (u *upConn, reused bool, err error) {
+	p.mu.Lock()
+	for len(p.idle) > 0 {
+		u = p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if time.Since(u.used) < p.idleFor {
+			p.mu.Unlock()
+			return u, true, nil
+		}
+		go u.quit()
+	}
+	p.mu.Unlock()
+	u, err = p.dial(ctx)
+	return u, false, err
+}
+
+// put returns a connection for reuse.
+func (p *upstream) put(u *upConn) {
+	u.used = time.Now()
+	_ = u.nc.SetDeadline(time.Time{})
+	p.mu.Lock()
+	if p.closed || len(p.idle) >= p.maxIdle {
+		p.mu.Unlock()
+		go u.quit()
+		return
+	}
+	p.idle = append(p.idle, u)
+	p.mu.Unlock()
+}
+
+// close quits every idle connection; later puts quit theirs.
+func (p *upstream) close() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle, p.closed = nil, true
+	p.mu.Unlock()
+	for _, u := range idle {
+		u.quit()
+	}
+}
+
+func (p *upstream) dial(ctx context.Context) (*upConn, error) {
+	d := &net.Dialer{Timeout: p.timeout}
+	var (
+		nc  net.Conn
+		err error
+	)
+	if p.mode == UpstreamTLS {
+		nc, err = (&tls.Dialer{NetDialer: d, Config: p.tlsConfig}).DialContext(ctx, "tcp", p.addr)
+	} else {
+		nc, err = d.DialContext(ctx, "tcp", p.addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	u, err := p.setup(ctx, nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return u, nil
+}
+
+// setup runs greeting, EHLO, STARTTLS and AUTH on a fresh connection.
+func (p *upstream) setup(ctx context.Context, nc net.Conn) (*upConn, error) {
+	u := newUpConn(nc, p.timeout)
+	u.deadline()
+	greet, err := u.read()
+	if err != nil {
+		return nil, err
+	}
+	if greet.code != 220 {
+		return nil, fmt.Errorf("%w: greeting %d", errProtocol, greet.code)
+	}
+	if err := u.hello(p.name); err != nil {
+		return nil, err
+	}
+	_, isTLS := nc.(*tls.Conn)
+	if !isTLS && (p.mode == UpstreamStartTLS || p.mode == UpstreamRequire) {
+		switch {
+		case u.has("STARTTLS"):
+			rs, err := u.exchange("STARTTLS")
+			if err != nil {
+				return nil, err
+			}
+			if rs[0].code != 220 {
+				return nil, fmt.Errorf("%w: STARTTLS answered %d", errProtocol, rs[0].code)
+			}
+			tc := tls.Client(nc, p.tlsConfig)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				return nil, fmt.Errorf("upstream TLS handshake: %w", err)
+			}
+			u = newUpConn(tc, p.timeout)
+			if err := u.hello(p.name); err != nil {
+				return nil, err
+			}
+			isTLS = true
+		case p.mode == UpstreamRequire:
+			return nil, fmt.Errorf("%w: upstream does not offer STARTTLS (upstream_tls: require)", errProtocol)
+		}
+	}
+	if p.user != "" {
+		if !isTLS && p.mode != UpstreamNone {
+			return nil, fmt.Errorf("%w: not sending upstream credentials without TLS (set upstream TLS mode none to allow)", errProtocol)
+		}
+		if err := u.auth(p.user, p.pass); err != nil {
+			return nil, err
+		}
+	}
+	return u, nil
+}
+
+// auth runs AUTH PLAIN, or LOGIN when only that is offered.
+func (u *upConn) auth(user, pass string) error {
+	mechs := strings.Fields(strings.ToUpper(u.ext["AUTH"]))
+	var c sasl.Client
+	for _, m := range mechs {
+		if m == sasl.Plain {
+			c = sasl.NewPlainClient("", user, pass)
+			break
+		}
+		if m == sasl.Login {
+			c = sasl.NewLoginClient(user, pass)
+		}
+	}
+	if c == nil {
+		return fmt.Errorf("%w: upstream offers neither AUTH PLAIN nor LOGIN", errProtocol)
+	}
+	mech, ir, err := c.Start()
+	if err != nil {
+		return err
+	}
+	cmd := "AUTH " + mech
+	if ir != nil {
+		if len(ir) == 0 {
+			cmd += " ="
+		} else {
+			cmd += " " + base64.StdEncoding.EncodeToString(ir)
+		}
+	}
+	for {
+		rs, err := u.exchange(cmd)
+		if err != nil {
+			return err
+		}
+		switch r := rs[0]; r.code {
+		case 235:
+			return nil
+		case 334:
+			ch, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.msg))
+			if err != nil {
+				return fmt.Errorf("%w: bad AUTH challenge", errProtocol)
+			}
+			resp, err := c.Next(ch)
+			if err != nil {
+				_, _ = u.exchange("*")
+				return err
+			}
+			cmd = base64.StdEncoding.EncodeToString(resp)
+		default:
+			return fmt.Errorf("%w: upstream AUTH %s failed: %d %d.%d.%d", errProtocol, mech, r.code, r.enh[0], r.enh[1], r.enh[2])
+		}
+	}
+}
+
+// mailParams renders the MAIL FROM parameters the upstream understands.
+func (u *upConn) mailParams(opts *smtp.MailOptions) string {
+	if opts == nil {
+		return ""
+	}
+	var b strings.Builder
+	if opts.Body == smtp.Body8BitMIME && u.has("8BITMIME") {
+		b.WriteString(" BODY=8BITMIME")
+	}
+	if opts.Size > 0 && u.has("SIZE") {
+		b.WriteString(" SIZE=")
+		b.WriteString(strconv.FormatInt(opts.Size, 10))
+	}
+	return b.String()
+}
+
+// dotWriter writes a message body in the DATA format (RFC 5321 section
+// 4.5.2): leading dots are doubled, and every line ends in CRLF. A bare CR
+// or a bare LF is turned into CRLF, so the upstream sees exactly the lines
+// the relay saw and can find no end-of-data marker inside the message.
+type dotWriter struct {
+	w   *bufio.Writer
+	bol bool // at the beginning of a line
+	cr  bool // a CR was seen and not yet written
+	n   int64
+}
+
+func newDotWriter(w *bufio.Writer) *dotWriter { return &dotWriter{w: w, bol: true} }
+
+func (d *dotWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	d.n += int64(n)
+	for len(p) > 0 {
+		if d.cr {
+			d.cr = false
+			d.w.WriteString("\r\n")
+			d.bol = true
+			if p[0] == '\n' {
+				p = p[1:]
+				continue
+			}
+		}
+		if d.bol && p[0] == '.' {
+			d.w.WriteByte('.')
+		}
+		i := bytes.IndexAny(p, "\r\n")
+		if i < 0 {
+			d.w.Write(p)
+			d.bol = false
+			break
+		}
+		if i > 0 {
+			d.w.Write(p[:i])
+			d.bol = false
+		}
+		if p[i] == '\n' {
+			d.w.WriteString("\r\n")
+			d.bol = true
+		} else {
+			d.cr = true
+		}
+		p = p[i+1:]
+	}
+	// bufio.Writer remembers a write error; Flush reports it.
+	return n, nil
+}
+
+// end finishes the last line and writes the end-of-data marker.
+func (d *dotWriter) end() error {
+	if d.cr || !d.bol {
+		d.w.WriteString("\r\n")
+	}
+	d.w.WriteString(".\r\n")
+	return d.w.Flush()
+}
+
+// send streams one message: DATA, the trace header, the body, the final
+// dot. A read error from body (message too large, client gone) closes the
+// connection without the final dot, so the upstream discards the partial
+// message; it is returned as readErr. Any other error is the upstream's.
+func (u *upConn) send(header string, body io.Reader) (final reply, readErr, err error) {
+	rs, err := u.exchange("DATA")
+	if err != nil {
+		return reply{}, nil, err
+	}
+	if rs[0].code != 354 {
+		// The transaction stays open upstream: RSET before reuse.
+		return rs[0], nil, nil
+	}
+	_ = u.nc.SetDeadline(time.Time{})
+	dw := newDotWriter(u.bw)
+	dw.Write([]byte(header))
+	buf := make([]byte, 32*1024)
+	for {
+		_ = u.nc.SetWriteDeadline(time.Now().Add(u.timeout))
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			dw.Write(buf[:n])
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			u.close()
+			return reply{}, rerr, nil
+		}
+	}
+	u.deadline()
+	if err := dw.end(); err != nil {
+		return reply{}, nil, err
+	}
+	r, err := u.read()
+	u.dirty = false // accepted or refused, the transaction is over
+	return r, nil, err
+}
