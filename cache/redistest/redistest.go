@@ -75,7 +75,8 @@ func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
 // Client returns a new go-redis client for the server, closed on test cleanup.
 // Timeouts are generous so slow CI machines do not produce false failures,
-// and retries are off so a stopped server is noticed at once.
+// retries are off so a stopped server is noticed at once, and context
+// deadlines are honoured.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
 	c := redis.NewClient(&redis.Options{
@@ -84,6 +85,8 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 		ReadTimeout:  5 * time.Second,
 		WriteTimeout: 5 * time.Second,
 		MaxRetries:   -1,
+		// Honour context deadlines (the guard's store timeout) on reads and writes.
+		ContextTimeoutEnabled: true,
 	})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c

@@ -1,0 +1,290 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/consentguard/consentguard/guard"
+)
+
+// Apply writes a batch of updates under the ingest rules of DESIGN.md and
+// returns one Outcome per update, in order. Each update is one run of the
+// compare-and-set script on its record's slot; the whole batch is one
+// pipelined round trip, followed by one pipeline maintaining the identifier
+// index (SADD the hashes each record carries, SREM those it dropped).
+//
+// Rules, per record (versions compared in unix milliseconds):
+//   - newer version: replaces consent and identifiers (Replaced; Created if
+//     no record or a tombstone existed);
+//   - older version: Stale;
+//   - equal version: per channel the lesser consent (denied < missing <
+//     pending < granted) and the identifiers both carry (Merged, or
+//     Unchanged): ties never grant;
+//   - no version: a channel can only move to a lesser consent, identifiers
+//     and version stay (Restricted, or Unchanged);
+//   - delete: a tombstone at the update's version (at max(stored, now) if
+//     unversioned) with consent and identifiers cleared (Tombstoned); any
+//     later write at or below the tombstone's version is Stale.
+//
+// Every applied change appends a guard.Change to the record's history. A
+// non-nil error means the batch must not be acknowledged: some updates may
+// have been applied, and re-applying them is harmless. Invalid record Ids
+// fail the batch before anything is written (error wraps
+// guard.ErrInvalidIdentifier).
+func (s *Store) Apply(ctx context.Context, ups []guard.Update) ([]guard.Outcome, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	if len(ups) == 0 {
+		return []guard.Outcome{}, nil
+	}
+	now := strconv.FormatInt(s.now().UnixMilli(), 10)
+	calls := make([]casCall, len(ups))
+	for i := range ups {
+		c, err := s.casArgs(&ups[i], now)
+		if err != nil {
+			return nil, fmt.Errorf("cache: apply update %d: %w", i, err)
+		}
+		calls[i] = c
+	}
+	res, err := s.runCAS(ctx, calls)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.maintainIndex(ctx, calls, res); err != nil {
+		return nil, err
+	}
+	out := make([]guard.Outcome, len(res))
+	for i, r := range res {
+		out[i] = r.outcome
+	}
+	return out, nil
+}
+
+// Erase is the administrator's erase (DELETE /v1/contacts/{id}): it leaves
+// a tombstone at max(stored version, now), clears consent and identifiers,
+// removes the index entries and records a history entry with source
+// "erase". The history itself is kept (it holds no identifiers and is the
+// consent proof). Erasing an unknown Id returns guard.ErrNotFound.
+func (s *Store) Erase(ctx context.Context, id string) (guard.Outcome, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	rid, err := recordID(id)
+	if err != nil {
+		return 0, err
+	}
+	now := strconv.FormatInt(s.now().UnixMilli(), 10)
+	c := casCall{id: rid, keys: []string{s.recordKey(rid), s.historyKey(rid)}}
+	c.args = []any{"e", "0", now, "", "", "", "", "", "1111", "", s.limit, "erase", ""}
+	res, err := s.runCAS(ctx, []casCall{c})
+	if err != nil {
+		return 0, err
+	}
+	if res[0].outcome == 0 {
+		return 0, fmt.Errorf("cache: erase %s: %w", rid, guard.ErrNotFound)
+	}
+	if err := s.maintainIndex(ctx, []casCall{c}, res); err != nil {
+		return 0, err
+	}
+	return res[0].outcome, nil
+}
+
+type casCall struct {
+	id   string
+	keys []string
+	args []any
+}
+
+type casResult struct {
+	outcome guard.Outcome
+	carried string // hashes the record now carries
+	dropped string // hashes it no longer carries
+}
+
+func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
+	rid, err := recordID(u.ID)
+	if err != nil {
+		return casCall{}, err
+	}
+	ver := "0"
+	if !u.Version.IsZero() {
+		ms := u.Version.UnixMilli()
+		if ms <= 0 {
+			return casCall{}, fmt.Errorf("record %s: version %s is not after 1970", rid, u.Version.Format(time.RFC3339))
+		}
+		ver = strconv.FormatInt(ms, 10)
+	}
+	mode := "u"
+	if u.Deleted {
+		mode = "d"
+	}
+	var ranks [guard.NumChannels]byte
+	for c, w := range u.Consent {
+		k, _ := s.vocab.Classify(w)
+		ranks[c] = '0' + byte(k)
+	}
+	hashes := make([]string, 0, len(u.Identifiers))
+	for _, id := range u.Identifiers {
+		if (id.Kind != guard.KindEmail && id.Kind != guard.KindPhone) || id.Value == "" {
+			continue
+		}
+		hashes = append(hashes, s.idHash(id))
+	}
+	slices.Sort(hashes)
+	hashes = slices.Compact(hashes)
+	return casCall{
+		id:   rid,
+		keys: []string{s.recordKey(rid), s.historyKey(rid)},
+		args: []any{mode, ver, now, u.Object,
+			u.Consent[0], u.Consent[1], u.Consent[2], u.Consent[3], string(ranks[:]),
+			strings.Join(hashes, " "), s.limit, u.Source, u.Ref},
+	}, nil
+}
+
+// runCAS runs the script for every call in one pipeline (EVALSHA). Calls
+// answered NOSCRIPT (a restarted or flushed Redis) are run again with EVAL,
+// which also caches the script; NOSCRIPT means the call did not run.
+func (s *Store) runCAS(ctx context.Context, calls []casCall) ([]casResult, error) {
+	cmds := make([]*redis.Cmd, len(calls))
+	pipe := s.rdb.Pipeline()
+	for i, c := range calls {
+		cmds[i] = casScript.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	_, _ = pipe.Exec(ctx) // errors are inspected per command
+	var retry []int
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			if !redis.HasErrorPrefix(err, "NOSCRIPT") {
+				return nil, fmt.Errorf("cache: apply: %w", err)
+			}
+			retry = append(retry, i)
+		}
+	}
+	if len(retry) > 0 {
+		pipe := s.rdb.Pipeline()
+		for _, i := range retry {
+			cmds[i] = casScript.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
+		}
+		_, _ = pipe.Exec(ctx)
+		for _, i := range retry {
+			if err := cmds[i].Err(); err != nil {
+				return nil, fmt.Errorf("cache: apply: %w", err)
+			}
+		}
+	}
+	out := make([]casResult, len(cmds))
+	for i, cmd := range cmds {
+		r, err := parseCAS(cmd)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+func parseCAS(cmd *redis.Cmd) (casResult, error) {
+	v, err := cmd.Slice()
+	if err != nil {
+		return casResult{}, fmt.Errorf("cache: apply: %w", err)
+	}
+	if len(v) != 3 {
+		return casResult{}, fmt.Errorf("cache: apply: unexpected script reply of %d elements", len(v))
+	}
+	o, ok1 := v[0].(int64)
+	carried, ok2 := v[1].(string)
+	dropped, ok3 := v[2].(string)
+	if !ok1 || !ok2 || !ok3 || o < 0 || o > int64(guard.Unchanged) {
+		return casResult{}, errors.New("cache: apply: unexpected script reply")
+	}
+	return casResult{outcome: guard.Outcome(o), carried: carried, dropped: dropped}, nil
+}
+
+// maintainIndex makes the index agree with what the script wrote: SADD the
+// record to every hash it carries (this also repairs entries lost to a crash
+// between script and index write, whenever the record is written again) and
+// SREM it from every hash it dropped.
+func (s *Store) maintainIndex(ctx context.Context, calls []casCall, res []casResult) error {
+	pipe := s.rdb.Pipeline()
+	var drops []pair
+	for i, r := range res {
+		id := calls[i].id
+		for h := range strings.FieldsSeq(r.carried) {
+			pipe.SAdd(ctx, s.indexKey(h), id)
+		}
+		for h := range strings.FieldsSeq(r.dropped) {
+			drops = append(drops, pair{hash: h, id: id})
+		}
+	}
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("cache: index: %w", err)
+		}
+	}
+	if len(drops) > 0 {
+		if err := s.unindex(ctx, drops); err != nil {
+			return fmt.Errorf("cache: index: %w", err)
+		}
+	}
+	return nil
+}
+
+// pair is one index entry: record id under identifier hash.
+type pair struct{ hash, id string }
+
+// unindex removes index entries, then re-reads the records and adds back
+// any entry whose record carries the hash again. The index and the record
+// live in different slots, so the removal cannot be atomic with the check;
+// this order makes a racing writer's SADD (which always follows its record
+// write) or the re-check restore the entry, so a live identifier is never
+// left unindexed.
+func (s *Store) unindex(ctx context.Context, ps []pair) error {
+	pipe := s.rdb.Pipeline()
+	for _, p := range ps {
+		pipe.SRem(ctx, s.indexKey(p.hash), p.id)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	pipe = s.rdb.Pipeline()
+	checks := make([]*redis.SliceCmd, len(ps))
+	for i, p := range ps {
+		checks[i] = pipe.HMGet(ctx, s.recordKey(p.id), "i", "d")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	pipe = s.rdb.Pipeline()
+	for i, p := range ps {
+		v := checks[i].Val()
+		if len(v) == 2 && v[1] == nil && carries(v[0], p.hash) {
+			pipe.SAdd(ctx, s.indexKey(p.hash), p.id)
+		}
+	}
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// carries reports whether the record field i (space-separated hashes)
+// holds h.
+func carries(field any, h string) bool {
+	f, _ := field.(string)
+	for x := range strings.FieldsSeq(f) {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,194 @@
+package cache
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/consentguard/consentguard/guard"
+)
+
+// Defaults for Options.
+const (
+	DefaultPrefix       = "cg:"
+	DefaultHistoryLimit = 1000
+	// MinHashKeyLen is the shortest accepted Options.HashKey, in bytes.
+	MinHashKeyLen = 16
+)
+
+// Options configure a Store.
+type Options struct {
+	// HashKey keys the HMAC-SHA256 under which identifiers are stored;
+	// required, at least MinHashKeyLen bytes. Changing it makes every stored
+	// identifier unreachable, so Init refuses a Redis written under another key.
+	HashKey []byte
+	// Vocabulary ranks consent words for the merge rules; zero value:
+	// guard.DefaultVocabulary(). Ranks are computed when a word is written.
+	Vocabulary guard.Vocabulary
+	// Prefix starts every key; default "cg:". It must not contain '{' or '}'.
+	Prefix string
+	// HistoryLimit caps the history entries kept per record; default 1000.
+	HistoryLimit int
+	// Clock gives "now" for UpdatedAt, history and erase; default time.Now.
+	Clock func() time.Time
+	// Logger receives operational messages (never identifiers); default discards.
+	Logger *slog.Logger
+}
+
+// Store is the Redis consent store. It is safe for concurrent use.
+type Store struct {
+	rdb     redis.UniversalClient
+	cluster bool // *redis.ClusterClient: no cross-slot scripts, see Lookup
+	vocab   guard.Vocabulary
+	prefix  string
+	limit   string // HistoryLimit as Lua argument
+	now     func() time.Time
+	log     *slog.Logger
+	key     []byte
+	err     error // configuration error: every call fails closed with it
+	macs    sync.Pool
+}
+
+var _ guard.Store = (*Store)(nil)
+
+// ErrConfig marks an unusable Options value (short hash key, bad prefix).
+var ErrConfig = errors.New("cache: invalid configuration")
+
+// New returns a Store on rdb. It does not talk to Redis; call Init before
+// serving. A configuration problem (e.g. a short HashKey) is reported by Init
+// and by every other method, so a misconfigured store never answers.
+func New(rdb redis.UniversalClient, opts Options) *Store {
+	s := &Store{
+		rdb:    rdb,
+		vocab:  opts.Vocabulary,
+		prefix: opts.Prefix,
+		now:    opts.Clock,
+		log:    opts.Logger,
+		key:    append([]byte(nil), opts.HashKey...),
+	}
+	_, s.cluster = rdb.(*redis.ClusterClient)
+	if len(s.vocab.Granted) == 0 && len(s.vocab.Denied) == 0 && len(s.vocab.Pending) == 0 {
+		s.vocab = guard.DefaultVocabulary()
+	}
+	if s.prefix == "" {
+		s.prefix = DefaultPrefix
+	}
+	limit := opts.HistoryLimit
+	if limit <= 0 {
+		limit = DefaultHistoryLimit
+	}
+	s.limit = fmt.Sprint(limit)
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case rdb == nil:
+		s.err = fmt.Errorf("%w: nil redis client", ErrConfig)
+	case len(s.key) < MinHashKeyLen:
+		s.err = fmt.Errorf("%w: hash key has %d bytes, need at least %d", ErrConfig, len(s.key), MinHashKeyLen)
+	case strings.ContainsAny(s.prefix, "{}"):
+		s.err = fmt.Errorf("%w: key prefix %q must not contain '{' or '}'", ErrConfig, s.prefix)
+	}
+	s.macs.New = func() any { return hmac.New(sha256.New, s.key) }
+	return s
+}
+
+// fingerprintLabel is HMAC'd with the hash key to fingerprint it.
+const fingerprintLabel = "consentguard-fingerprint"
+
+// Init checks the configuration, records the hash key's fingerprint in
+// Redis (prefix + "meta", field "fingerprint") unless one is there, and
+// refuses with an error wrapping guard.ErrHashKeyMismatch when the stored
+// fingerprint belongs to another key. It also loads the Lua scripts.
+func (s *Store) Init(ctx context.Context) error {
+	if s.err != nil {
+		return s.err
+	}
+	fp := s.fingerprint()
+	meta := s.prefix + "meta"
+	pipe := s.rdb.Pipeline()
+	pipe.HSetNX(ctx, meta, "fingerprint", fp)
+	pipe.HSetNX(ctx, meta, "schema", "1")
+	got := pipe.HGet(ctx, meta, "fingerprint")
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("cache: init: %w", err)
+	}
+	if got.Val() != fp {
+		return fmt.Errorf("%w: Redis holds fingerprint %s, the configured hash key has %s", guard.ErrHashKeyMismatch, got.Val(), fp)
+	}
+	for _, sc := range []*redis.Script{casScript, lookupScript} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("cache: load script: %w", err)
+		}
+	}
+	return nil
+}
+
+// Ping reports whether Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.err != nil {
+		return s.err
+	}
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("cache: ping: %w", err)
+	}
+	return nil
+}
+
+// fingerprint is the hex of the first 16 bytes of HMAC(key, fingerprintLabel).
+func (s *Store) fingerprint() string {
+	m := hmac.New(sha256.New, s.key)
+	io.WriteString(m, fingerprintLabel)
+	return hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// idHash returns hex(HMAC-SHA256(HashKey, id.Key())).
+func (s *Store) idHash(id guard.Identifier) string {
+	m := s.macs.Get().(hash.Hash)
+	m.Reset()
+	io.WriteString(m, id.Kind.String())
+	io.WriteString(m, ":")
+	io.WriteString(m, id.Value)
+	var sum [sha256.Size]byte
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], m.Sum(sum[:0]))
+	s.macs.Put(m)
+	return string(out[:])
+}
+
+// Keys. A record's keys share the hash tag {Id} and so one Cluster slot.
+func (s *Store) recordKey(id string) string  { return s.prefix + "{" + id + "}:r" }
+func (s *Store) historyKey(id string) string { return s.prefix + "{" + id + "}:h" }
+func (s *Store) indexKey(h string) string    { return s.prefix + "i:" + h }
+
+// noteKey names a notification-dedupe key: the caller's key is HMAC'd so
+// whatever it contains never reaches Redis in clear.
+func (s *Store) noteKey(k string) string {
+	m := s.macs.Get().(hash.Hash)
+	m.Reset()
+	io.WriteString(m, "n:")
+	io.WriteString(m, k)
+	var sum [sha256.Size]byte
+	b := m.Sum(sum[:0])
+	s.macs.Put(m)
+	return s.prefix + "n:" + hex.EncodeToString(b[:16])
+}
+
+// recordID normalises a Salesforce Id (15 or 18 characters) to 18.
+func recordID(id string) (string, error) {
+	return guard.NormalizeRecordID(strings.TrimSpace(id))
+}
