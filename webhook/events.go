@@ -222,9 +222,9 @@ func (h *Handler) signatureOK(sigs []string, ts string, body []byte) bool {
 
 // deletion turns a deleted entry ({"Id":…,"SystemModstamp":…,
 // "attributes":{"type":…}}) into a tombstone update. The type is optional:
-// without it, the Id's key prefix names Contact (003) or Lead (00Q). A
-// version is required: the tombstone must be newer than the record's
-// last state.
+// without it, the Id's key prefix names Contact (003) or Lead (00Q). The
+// version should be the deletion time; without one the store tombstones
+// at max(stored version, now).
 func (h *Handler) deletion(del map[string]json.RawMessage, o RecordOptions) (guard.Update, error) {
 	raw, ok := jsonField(del, "Id")
 	if !ok {
@@ -278,7 +278,8 @@ func (h *Handler) deletion(del map[string]json.RawMessage, o RecordOptions) (gua
 		up.Version = t
 		return up, nil
 	}
-	return guard.Update{}, &FieldError{Field: vf, Err: errors.New("required for a deletion (send the deletion time)")}
+	// Unversioned: the store tombstones at max(stored version, now).
+	return up, nil
 }
 
 // recordError renders a Record or deletion error with the field path.
