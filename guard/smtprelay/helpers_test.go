@@ -33,7 +33,7 @@ var hashKey = []byte("smtprelay-test-hash-key-32-bytes")
 
 // people in the test store, by email address.
 var people = []struct {
-	id, email     string
+	id, email            string
 	emailWord, storeWord string // consent words for email and storage
 }{
 	{"003000000000001", "ja@example.de", "Ja", "Ja"},
