@@ -85,6 +85,8 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 		ReadTimeout:  5 * time.Second,
 		WriteTimeout: 5 * time.Second,
 		MaxRetries:   -1,
+		// One dial attempt: a stopped server is an error at once.
+		DialerRetries: 1,
 		// Honour context deadlines (the guard's store timeout) on reads and writes.
 		ContextTimeoutEnabled: true,
 	})
