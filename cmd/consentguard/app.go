@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/go-playground/validator/v10"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/consentguard/consentguard/cache"
+	"github.com/consentguard/consentguard/guard"
+)
+
+// app is what every command shares: config, logger, store and guard.
+type app struct {
+	cfg      *Config
+	log      *slog.Logger
+	validate *validator.Validate
+	store    *cache.Store
+	guard    *guard.Guard
+	hashKey  []byte
+	closers  []func()
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting.
+func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "YAML config `file` (default $CONSENTGUARD_CONFIG)")
+	return fs, cfgPath
+}
+
+func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// openApp loads the config and connects the store. observe, when set, sees
+// every decision.
+func openApp(ctx context.Context, cfgPath string, getenv func(string) string, stderr io.Writer, observe func(guard.Decision)) (*app, error) {
+	v := newValidator()
+	cfg, err := loadConfig(cfgPath, getenv, v)
+	if err != nil {
+		return nil, err
+	}
+	a := &app{cfg: cfg, validate: v, log: newLogger(cfg.Log, stderr)}
+	var rdb redis.UniversalClient
+	if cfg.Embedded() {
+		emb, err := cache.NewEmbedded()
+		if err != nil {
+			return nil, fmt.Errorf("embedded store: %w", err)
+		}
+		a.closers = append(a.closers, emb.Close)
+		rdb = emb.Client()
+		if cfg.Identity.HashKey == "" {
+			k := make([]byte, 32)
+			_, _ = rand.Read(k)
+			cfg.Identity.HashKey = hex.EncodeToString(k)
+		}
+	} else {
+		rdb, err = cache.NewClient(cfg.Redis.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis.url (CONSENTGUARD_REDIS_URL): %w", err)
+		}
+		a.closers = append(a.closers, func() { _ = rdb.Close() })
+	}
+	a.hashKey = []byte(cfg.Identity.HashKey)
+	a.store = cache.New(rdb, cache.Options{
+		HashKey:    a.hashKey,
+		Vocabulary: cfg.Salesforce.Values,
+		Logger:     a.log,
+	})
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := a.store.Init(ictx); err != nil {
+		a.close()
+		return nil, fmt.Errorf("store %s: %w", redactURL(cfg.Redis.URL), err)
+	}
+	a.guard = guard.New(a.store, guard.Options{
+		Vocabulary: cfg.Salesforce.Values,
+		Region:     cfg.Identity.DefaultRegion,
+		Timeout:    cfg.Redis.Timeout,
+		Logger:     a.log,
+		Observe:    observe,
+	})
+	return a, nil
+}
+
+func (a *app) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+	a.closers = nil
+}
+
+// redactURL hides a password in a Redis URL.
+func redactURL(u string) string {
+	if u == "" {
+		return "(embedded)"
+	}
+	if at := strings.LastIndexByte(u, '@'); at >= 0 {
+		if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+			return u[:scheme+3] + "***@" + u[at+1:]
+		}
+	}
+	return u
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/consentguard/consentguard/webhook"
+	"github.com/consentguard/consentguard/webhook/csvimport"
+)
+
+// runImport loads a Salesforce CSV export into the store.
+func runImport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs, cfgPath := newFlagSet("import", stderr)
+	object := fs.String("object", "Contact", "Salesforce object the rows are: Contact or Lead")
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err.Error()}
+	}
+	if fs.NArg() != 1 {
+		return &usageError{"import: want one CSV file (or - for stdin)"}
+	}
+	var in io.Reader = os.Stdin
+	if name := fs.Arg(0); name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	if a.cfg.Embedded() {
+		a.log.Warn("no Redis configured: importing into an embedded store that is discarded when this command exits; set CONSENTGUARD_REDIS_URL")
+	}
+	sum, err := csvimport.Run(ctx, a.store, bufio.NewReaderSize(in, 64<<10), csvimport.Options{
+		Object:  *object,
+		Mapping: a.cfg.Salesforce.Objects,
+		Record: webhook.RecordOptions{
+			Vocabulary: a.cfg.Salesforce.Values,
+			Region:     a.cfg.Identity.DefaultRegion,
+			Now:        time.Now(),
+		},
+		Logger: a.log,
+	})
+	fmt.Fprintln(stdout, sum.String())
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/consentguard/consentguard/guard"
+	"github.com/consentguard/consentguard/guard/scrub"
+)
+
+// runScrub writes the allowed rows of a campaign list to stdout and a
+// summary to stderr.
+func runScrub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs, cfgPath := newFlagSet("scrub", stderr)
+	channel := fs.String("channel", "", "channel: email, phone, post or storage")
+	column := fs.String("column", "", "header of the column holding the identifier")
+	kind := fs.String("kind", "", "what the column holds: email, phone or contact (default: the channel's own; contact for post and storage)")
+	annotate := fs.Bool("annotate", false, "write every row with consent_allowed and consent_reason columns")
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err.Error()}
+	}
+	ch, err := guard.ParseChannel(*channel)
+	if err != nil {
+		return &usageError{"scrub: -channel: " + err.Error()}
+	}
+	if *column == "" {
+		return &usageError{"scrub: -column is required"}
+	}
+	if fs.NArg() != 1 {
+		return &usageError{"scrub: want one input file (or - for stdin)"}
+	}
+	opts := scrub.Options{Channel: ch, Column: *column, Annotate: *annotate}
+	switch *kind {
+	case "":
+	case "email":
+		opts.Kind = guard.KindEmail
+	case "phone":
+		opts.Kind = guard.KindPhone
+	case "contact", "contact_id", "id":
+		opts.Kind = guard.KindRecordID
+	default:
+		return &usageError{fmt.Sprintf("scrub: -kind %q: want email, phone or contact", *kind)}
+	}
+	var in io.Reader = os.Stdin
+	if name := fs.Arg(0); name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	if a.cfg.Embedded() {
+		a.log.Warn("no Redis configured: scrubbing against an empty embedded store; every row is unknown_contact")
+	}
+	bw := bufio.NewWriterSize(stdout, 64<<10)
+	sum, err := scrub.Run(ctx, a.guard, bufio.NewReaderSize(in, 64<<10), bw, opts)
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	fmt.Fprintln(stderr, sum.String())
+	if err != nil {
+		return fmt.Errorf("scrub: %w", err)
+	}
+	return nil
+}
