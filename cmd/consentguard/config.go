@@ -211,6 +211,9 @@ func (c *Config) validate(v *validator.Validate) error {
 	if err := c.Salesforce.Objects.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("salesforce.objects: %w", err))
 	}
+	if err := httpapi.ValidateKeys(c.API.Keys); err != nil {
+		errs = append(errs, fmt.Errorf("api.keys: %w", err))
+	}
 	if c.Identity.HashKey != "" && len(c.Identity.HashKey) < 32 {
 		errs = append(errs, errors.New("identity.hash_key (CONSENTGUARD_HASH_KEY): must be at least 32 characters"))
 	}

@@ -364,3 +364,78 @@ func TestServeRefusesForeignHashKey(t *testing.T) {
 		t.Fatal("wrong error")
 	}
 }
+
+func TestImportAndScrubCommands(t *testing.T) {
+	rs := redistest.Start(t)
+	env := redisEnv(rs.URL())
+	dir := t.TempDir()
+	export := filepath.Join(dir, "contacts.csv")
+	os.WriteFile(export, []byte(`"ID","EMAIL","PHONE","DARF_ANGEMAILT_WERDEN__C","DARF_TELEFONISCH_KONTAKTIERT_WERDEN__C","SYSTEMMODSTAMP"
+"0035g00000ABCDe","anna@firma.de","0211 17540322","Ja","Nein","2026-11-20T08:00:00.000Z"
+"0035g00000ABCDf","bert@firma.de","0211 17540323","Nein","Ja","2026-11-20T08:00:00.000Z"
+"0035g00000ABCDg","carl@firma.de","","Abfrage ausstehend","","2026-11-20T08:00:00.000Z"
+`), 0o600)
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"consentguard", "import", export}, envFunc(env), &out, &errb); err != nil {
+		t.Fatalf("import: %v\n%s", err, errb.String())
+	}
+	if !strings.Contains(out.String(), "rows 3") || !strings.Contains(out.String(), "created 3") {
+		t.Fatalf("import summary: %s", out.String())
+	}
+	list := filepath.Join(dir, "campaign.csv")
+	os.WriteFile(list, []byte("name,mail\nAnna,anna@firma.de\nBert,BERT@firma.de\nCarl,carl@firma.de\nDora,dora@firma.de\n"), 0o600)
+	out.Reset()
+	errb.Reset()
+	if err := run(context.Background(), []string{"consentguard", "scrub", "-channel", "email", "-column", "mail", list}, envFunc(env), &out, &errb); err != nil {
+		t.Fatalf("scrub: %v\n%s", err, errb.String())
+	}
+	if out.String() != "name,mail\nAnna,anna@firma.de\n" {
+		t.Fatalf("scrub output %q", out.String())
+	}
+	if !strings.Contains(errb.String(), "rows 4, allowed 1, denied 3") {
+		t.Fatalf("scrub summary %q", errb.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"consentguard", "scrub", "-channel", "phone", "-column", "tel", list}, envFunc(env), &out, &errb); err == nil {
+		t.Fatal("scrub with a missing column succeeded")
+	}
+
+	// The same over HTTP.
+	s := mustServe(t, env)
+	resp, err := http.Post(s.base+"/v1/scrub?channel=email&column=mail&annotate=1", "text/csv", strings.NewReader("mail\nanna@firma.de\nbert@firma.de\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "mail,consent_allowed,consent_reason\nanna@firma.de,true,consent_granted\nbert@firma.de,false,consent_denied\n" {
+		t.Fatalf("POST /v1/scrub: %d %q", resp.StatusCode, b)
+	}
+	if resp.Trailer.Get("X-Scrub-Allowed") != "1" || resp.Trailer.Get("X-Scrub-Rows") != "2" {
+		t.Fatalf("trailers %v", resp.Trailer)
+	}
+	resp, err = http.Post(s.base+"/v1/import?object=Lead", "text/csv", strings.NewReader("Id,Email,Darf_angemailt_werden__c,SystemModstamp\n00Q5g00000ABCDe,lead@firma.de,Ja,2026-11-20T08:00:00.000Z\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"created":1`) {
+		t.Fatalf("POST /v1/import: %d %s", resp.StatusCode, b)
+	}
+	var d decision
+	getJSON(t, s.base+"/v1/check?channel=email&email=lead@firma.de", &d)
+	if !d.Allowed {
+		t.Fatalf("imported lead: %+v", d)
+	}
+	rs.Stop(t)
+	resp, err = http.Post(s.base+"/v1/scrub?channel=email&column=mail", "text/csv", strings.NewReader("mail\nanna@firma.de\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "store_unavailable") {
+		t.Fatalf("scrub with redis down: %d %s", resp.StatusCode, b)
+	}
+}

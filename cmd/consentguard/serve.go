@@ -99,6 +99,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		Gatherer:       reg,
 		Registerer:     reg,
 		Validate:       a.validate,
+		ExtraRoutes:    campaignRoutes(a),
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/salesforce/", wh)

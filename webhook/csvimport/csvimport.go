@@ -61,6 +61,10 @@ func (s Summary) String() string {
 	return b.String()
 }
 
+// ErrStore wraps a store failure: rows before it are written, and running
+// the import again is safe.
+var ErrStore = errors.New("consent store write failed")
+
 // maxProblems bounds the problems a summary lists.
 const maxProblems = 100
 
@@ -112,7 +116,7 @@ func Run(ctx context.Context, st Store, r io.Reader, opts Options) (Summary, err
 		}
 		outs, err := st.Apply(ctx, batch)
 		if err != nil {
-			return fmt.Errorf("store: %w", err)
+			return fmt.Errorf("%w: %w", ErrStore, err)
 		}
 		for _, o := range outs {
 			sum.Outcomes[o.String()]++

@@ -126,7 +126,7 @@ func TestImportErrors(t *testing.T) {
 	srv.Stop(t)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := csvimport.Run(cctx, st, strings.NewReader(dataLoader), csvimport.Options{}); err == nil {
+	if _, err := csvimport.Run(cctx, st, strings.NewReader(dataLoader), csvimport.Options{}); !errors.Is(err, csvimport.ErrStore) {
 		t.Fatal("import reported success with the store down")
 	}
 }
