@@ -83,7 +83,7 @@ func (s *Store) Erase(ctx context.Context, id string) (guard.Outcome, error) {
 	}
 	now := strconv.FormatInt(s.now().UnixMilli(), 10)
 	c := casCall{id: rid, keys: []string{s.recordKey(rid), s.historyKey(rid)}}
-	c.args = []any{"e", "0", now, "", "", "", "", "", "1111", "", s.limit, "erase", ""}
+	c.args = []any{"e", "0", now, "", "", "", "", "", "1111", "", s.limit, "erase", "", rid}
 	res, err := s.runCAS(ctx, []casCall{c})
 	if err != nil {
 		return 0, err
@@ -128,7 +128,7 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 	}
 	var ranks [guard.NumChannels]byte
 	for c, w := range u.Consent {
-		k, _ := s.vocab.Classify(w)
+		k, _ := s.vocab.Classify(noNUL(w))
 		ranks[c] = '0' + byte(k)
 	}
 	hashes := make([]string, 0, len(u.Identifiers))
@@ -143,9 +143,9 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 	return casCall{
 		id:   rid,
 		keys: []string{s.recordKey(rid), s.historyKey(rid)},
-		args: []any{mode, ver, now, u.Object,
-			u.Consent[0], u.Consent[1], u.Consent[2], u.Consent[3], string(ranks[:]),
-			strings.Join(hashes, " "), s.limit, u.Source, u.Ref},
+		args: []any{mode, ver, now, noNUL(u.Object),
+			noNUL(u.Consent[0]), noNUL(u.Consent[1]), noNUL(u.Consent[2]), noNUL(u.Consent[3]), string(ranks[:]),
+			strings.Join(hashes, " "), s.limit, u.Source, u.Ref, rid},
 	}, nil
 }
 
@@ -287,4 +287,13 @@ func carries(field any, h string) bool {
 		}
 	}
 	return false
+}
+
+// noNUL drops NUL bytes, which separate fields of the lookup line. No
+// Salesforce value contains one.
+func noNUL(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "")
 }

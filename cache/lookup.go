@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,62 +60,59 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 	return out, nil
 }
 
-// lookupArgs builds the script's KEYS and ARGV for ids; ok is false for
+// lookupKey returns the key a lookup reads for id: the index key for an
+// email or phone, the record key for a record Id; ok is false for
 // identifiers that cannot match anything (invalid record Id, unknown kind).
-func (s *Store) lookupItem(id guard.Identifier) (key, arg string, ok bool) {
+func (s *Store) lookupKey(id guard.Identifier) (key string, ok bool) {
 	switch id.Kind {
 	case guard.KindEmail, guard.KindPhone:
 		if id.Value == "" {
-			return "", "", false
+			return "", false
 		}
-		h := s.idHash(id)
-		return s.indexKey(h), "h" + h, true
+		return s.indexKeyOf(id), true
 	case guard.KindRecordID:
 		rid, err := recordID(id.Value)
 		if err != nil {
-			return "", "", false
+			return "", false
 		}
-		return s.recordKey(rid), "r" + rid, true
+		return s.recordKey(rid), true
 	}
-	return "", "", false
+	return "", false
 }
 
 func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
 	type chunk struct {
 		pos  []int // index into ids of each key
 		keys []string
-		args []any
 	}
 	chunks := make([]chunk, 0, (len(ids)+lookupChunk-1)/lookupChunk)
 	var c *chunk
 	for i, id := range ids {
-		key, arg, ok := s.lookupItem(id)
+		key, ok := s.lookupKey(id)
 		if !ok {
 			continue
 		}
 		if c == nil || len(c.keys) == lookupChunk {
 			n := min(lookupChunk, len(ids)-i)
-			chunks = append(chunks, chunk{pos: make([]int, 0, n), keys: make([]string, 0, n), args: make([]any, 1, n+1)})
+			chunks = append(chunks, chunk{pos: make([]int, 0, n), keys: make([]string, 0, n)})
 			c = &chunks[len(chunks)-1]
-			c.args[0] = s.prefix
 		}
 		c.pos = append(c.pos, i)
 		c.keys = append(c.keys, key)
-		c.args = append(c.args, arg)
 	}
 	if len(chunks) == 0 {
 		return nil, nil
 	}
 	cmds := make([]*redis.Cmd, len(chunks))
 	if len(chunks) == 1 {
-		cmds[0] = lookupScript.EvalShaRO(ctx, s.rdb, chunks[0].keys, chunks[0].args...)
+		cmds[0] = lookupScript.EvalShaRO(ctx, s.rdb, chunks[0].keys, s.prefix)
 		if isNoScript(cmds[0].Err()) {
-			cmds[0] = lookupScript.EvalRO(ctx, s.rdb, chunks[0].keys, chunks[0].args...)
+			cmds[0] = lookupScript.EvalRO(ctx, s.rdb, chunks[0].keys, s.prefix)
 		}
 	} else {
 		pipe := s.rdb.Pipeline()
 		for i := range chunks {
-			cmds[i] = lookupScript.EvalShaRO(ctx, pipe, chunks[i].keys, chunks[i].args...)
+			cmds[i] = lookupScript.EvalShaRO(ctx, pipe, chunks[i].keys, s.prefix)
 		}
 		_, _ = pipe.Exec(ctx)
 		var retry redis.Pipeliner
@@ -123,7 +121,7 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 				if retry == nil {
 					retry = s.rdb.Pipeline()
 				}
-				cmds[i] = lookupScript.EvalRO(ctx, retry, chunks[i].keys, chunks[i].args...)
+				cmds[i] = lookupScript.EvalRO(ctx, retry, chunks[i].keys, s.prefix)
 			}
 		}
 		if retry != nil {
@@ -132,22 +130,39 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 	}
 	var stale []pair
 	for i, cmd := range cmds {
-		v, err := cmd.Slice()
+		reply, err := cmd.Result()
 		if err != nil {
 			return nil, err
 		}
-		if len(v) != 2 {
-			return nil, fmt.Errorf("unexpected lookup reply of %d elements", len(v))
+		var lines, st []any
+		switch r := reply.(type) {
+		case string: // one key, no stale entries
+			lines = []any{r}
+		case []any:
+			if len(r) != 2 {
+				return nil, fmt.Errorf("unexpected lookup reply of %d elements", len(r))
+			}
+			lines, _ = r[0].([]any)
+			st, _ = r[1].([]any)
+		default:
+			return nil, fmt.Errorf("unexpected lookup reply %T", reply)
 		}
-		flat, _ := v[0].([]any)
-		if err := decodeFlat(flat, chunks[i].pos, out); err != nil {
-			return nil, err
+		if len(lines) != len(chunks[i].pos) {
+			return nil, fmt.Errorf("lookup reply has %d items for %d keys", len(lines), len(chunks[i].pos))
 		}
-		st, _ := v[1].([]any)
+		for j, p := range chunks[i].pos {
+			line, _ := lines[j].(string)
+			if line == "" {
+				continue
+			}
+			recs, err := decodeLines(line)
+			if err != nil {
+				return nil, err
+			}
+			out[p] = recs
+		}
 		for j := 0; j+1 < len(st); j += 2 {
-			h, _ := st[j].(string)
-			id, _ := st[j+1].(string)
-			stale = append(stale, pair{hash: h, id: id})
+			stale = append(stale, pair{hash: str(st[j]), id: str(st[j+1])})
 		}
 	}
 	return stale, nil
@@ -155,63 +170,61 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 
 func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
-// decodeFlat reads the script's flat reply: per item a count n and n
-// records of 8 fields.
-func decodeFlat(flat []any, pos []int, out [][]guard.Record) error {
-	k := 0
-	for _, p := range pos {
-		if k >= len(flat) {
-			return fmt.Errorf("short lookup reply")
-		}
-		n, ok := flat[k].(int64)
-		k++
-		if !ok || n < 0 || k+int(n)*8 > len(flat) {
-			return fmt.Errorf("malformed lookup reply")
-		}
-		if n == 0 {
-			continue
-		}
-		recs := make([]guard.Record, n)
-		for r := range recs {
-			f := flat[k : k+8]
-			k += 8
-			rec := &recs[r]
-			rec.ID = str(f[0])
-			rec.Version = millis(str(f[1]))
-			rec.Object = str(f[2])
-			for c := range guard.NumChannels {
-				rec.Consent[c] = str(f[3+c])
-			}
-			rec.UpdatedAt = millis(str(f[7]))
-		}
-		out[p] = recs
+// lineFields is the number of NUL-separated fields per record in a lookup
+// line: Id, version, object, four consent words, updated.
+const lineFields = 8
+
+// decodeLines parses one or more lookup lines joined by NUL. The records'
+// strings share the line's memory.
+func decodeLines(line string) ([]guard.Record, error) {
+	n := strings.Count(line, "\x00") + 1
+	if n%lineFields != 0 {
+		return nil, fmt.Errorf("malformed lookup line (%d fields)", n)
 	}
-	if k != len(flat) {
-		return fmt.Errorf("long lookup reply")
+	recs := make([]guard.Record, n/lineFields)
+	next := func() string {
+		i := strings.IndexByte(line, 0)
+		if i < 0 {
+			f := line
+			line = ""
+			return f
+		}
+		f := line[:i]
+		line = line[i+1:]
+		return f
 	}
-	return nil
+	for r := range recs {
+		rec := &recs[r]
+		rec.ID = next()
+		rec.Version = millis(next())
+		rec.Object = next()
+		for c := range guard.NumChannels {
+			rec.Consent[c] = next()
+		}
+		rec.UpdatedAt = millis(next())
+	}
+	return recs, nil
 }
 
 // lookupCluster answers in two pipelined round trips without scripts:
-// SMEMBERS (index) and HMGET (record Ids) first, then HMGET of every
-// record the index named, verified here.
+// SMEMBERS (index) and HGET of the lookup line (record Ids) first, then
+// HMGET of the lookup line and identifier hashes of every record the index
+// named, verified here.
 func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
 	hashes := make([]string, len(ids))
 	sets := make([]*redis.StringSliceCmd, len(ids))
-	direct := make([]*redis.SliceCmd, len(ids))
-	rids := make([]string, len(ids))
+	direct := make([]*redis.StringCmd, len(ids))
 	pipe := s.rdb.Pipeline()
 	for i, id := range ids {
-		key, arg, ok := s.lookupItem(id)
+		key, ok := s.lookupKey(id)
 		if !ok {
 			continue
 		}
-		if arg[0] == 'h' {
-			hashes[i] = arg[1:]
+		if strings.HasPrefix(key, s.prefix+"i:") {
+			hashes[i] = key[len(s.prefix)+2:]
 			sets[i] = pipe.SMembers(ctx, key)
 		} else {
-			rids[i] = arg[1:]
-			direct[i] = pipe.HMGet(ctx, key, recordFields...)
+			direct[i] = pipe.HGet(ctx, key, "l")
 		}
 	}
 	if pipe.Len() == 0 {
@@ -225,13 +238,17 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	for i := range ids {
 		switch {
 		case direct[i] != nil:
-			if rec, ok := decodeRecord(rids[i], direct[i].Val()); ok && !rec.Deleted {
-				out[i] = []guard.Record{rec}
+			if line := direct[i].Val(); line != "" {
+				recs, err := decodeLines(line)
+				if err != nil {
+					return nil, err
+				}
+				out[i] = recs
 			}
 		case sets[i] != nil:
 			for _, rid := range sets[i].Val() {
 				if _, ok := reads[rid]; !ok {
-					reads[rid] = pipe.HMGet(ctx, s.recordKey(rid), recordFields...)
+					reads[rid] = pipe.HMGet(ctx, s.recordKey(rid), "l", "i")
 				}
 			}
 		}
@@ -251,12 +268,19 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		slices.Sort(members)
 		for _, rid := range members {
 			v := reads[rid].Val()
-			rec, ok := decodeRecord(rid, v)
-			if !ok || rec.Deleted || !carries(v[len(v)-1], hashes[i]) {
+			line := ""
+			if len(v) == 2 {
+				line = str(v[0])
+			}
+			if line == "" || !carries(v[1], hashes[i]) {
 				stale = append(stale, pair{hash: hashes[i], id: rid})
 				continue
 			}
-			out[i] = append(out[i], rec)
+			recs, err := decodeLines(line)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = append(out[i], recs...)
 		}
 	}
 	return stale, nil

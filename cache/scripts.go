@@ -12,6 +12,8 @@ import "github.com/redis/go-redis/v9"
 //	i   the identifier hashes the record carries, sorted, space-separated
 //	d   "1" on a tombstone (consent and identifiers cleared)
 //	u   last change, unix milliseconds
+//	l   the lookup line: Id, v, o, c0, c1, c2, c3, u joined by NUL bytes;
+//	    absent on a tombstone. Lookups read only l and i, and return l as is.
 //
 // Outcome codes returned by casScript equal guard.Outcome values; 0 means
 // "erase of a record that does not exist".
@@ -23,7 +25,7 @@ import "github.com/redis/go-redis/v9"
 // ARGV: 1 mode ("u" upsert, "d" delete, "e" admin erase), 2 version ms
 // ("0" = unversioned), 3 now ms, 4 object, 5-8 consent words, 9 their ranks
 // (four digits), 10 identifier hashes (sorted, space-separated), 11 history
-// limit, 12 source, 13 ref.
+// limit, 12 source, 13 ref, 14 record Id.
 //
 // Returns {outcome, hashes the record now carries, hashes it no longer
 // carries}; the caller maintains the index from the last two.
@@ -82,15 +84,16 @@ local function intersect(a, b)
 end
 
 local function tombstone(tvs)
-  redis.call('HDEL', rk, 'c0', 'c1', 'c2', 'c3', 'i')
+  redis.call('HDEL', rk, 'c0', 'c1', 'c2', 'c3', 'i', 'l')
   redis.call('HSET', rk, 'v', tvs, 'd', '1', 'k', '1111', 'u', now, 'o', obj)
   history(5, tvs, {'', '', '', ''}, true)
   return {5, '', si}
 end
 
 local function write(v, words, k, ids, outcome)
+  local line = table.concat({ARGV[14], v, obj, words[1], words[2], words[3], words[4], now}, '\0')
   redis.call('HSET', rk, 'v', v, 'o', obj, 'c0', words[1], 'c1', words[2],
-    'c2', words[3], 'c3', words[4], 'k', k, 'i', ids, 'u', now)
+    'c2', words[3], 'c3', words[4], 'k', k, 'i', ids, 'u', now, 'l', line)
   redis.call('HDEL', rk, 'd')
   history(outcome, v, words, false)
   return {outcome, ids, minus(si, ids)}
@@ -155,51 +158,52 @@ return write(svs, w, table.concat(k), ids, outcome)
 // lookupScript answers a batch of lookups in one round trip on a
 // non-cluster Redis. It only reads.
 //
-// KEYS[j] is an index key (prefix+"i:"+hash) or a record key; ARGV[1] is the
-// key prefix and ARGV[1+j] is "h"+hash for an index key or "r"+Id for a
-// record key. For an index key it reads every record the set names and keeps
-// those that are live and still carry the hash (the index is only a hint).
-// The record keys it reads are not in KEYS, which standalone Redis and
+// KEYS[j] is an index key (prefix+"i:"+hash) or a record key
+// (prefix+"{Id}:r"); ARGV[1] is the key prefix. For an index key it reads the
+// lookup line and identifier hashes of every record the set names and keeps
+// the records that are live and still carry the hash: the index is only a
+// hint. The record keys it reads are not in KEYS, which standalone Redis and
 // Sentinel allow and Cluster does not: Store.Lookup uses two pipelined round
 // trips there instead.
 //
-// Returns {flat, stale}: flat is, per item, a count n followed by n records
-// of 8 fields (id, v, o, c0, c1, c2, c3, u); stale lists (hash, id) pairs
-// whose index entry pointed at a record not carrying the hash.
+// Returns {lines, stale}: lines[j] holds the lookup lines of the records
+// found for item j joined by NUL ("" for none); stale lists (hash, id) pairs
+// whose index entry named a record not carrying the hash. A single key with
+// no stale entry, the common check, returns just its lines as one string:
+// every table a script builds and returns costs server time, and single
+// checks are the hot path.
 var lookupScript = redis.NewScript(`
 local p = ARGV[1]
-local out, stale = {}, {}
-for j = 1, #KEYS do
-  local a = ARGV[j + 1]
-  local kind, x = string.sub(a, 1, 1), string.sub(a, 2)
-  if kind == 'r' then
-    local r = redis.call('HMGET', KEYS[j], 'v', 'o', 'c0', 'c1', 'c2', 'c3', 'u', 'd')
-    if r[1] and r[8] ~= '1' then
-      out[#out + 1] = 1
-      out[#out + 1] = x
-      for f = 1, 7 do out[#out + 1] = r[f] or '' end
-    else
-      out[#out + 1] = 0
-    end
-  else
-    local ids = redis.call('SMEMBERS', KEYS[j])
-    table.sort(ids)
-    local n = #out + 1
-    out[n] = 0
-    local found = 0
-    for _, id in ipairs(ids) do
-      local r = redis.call('HMGET', p .. '{' .. id .. '}:r', 'v', 'o', 'c0', 'c1', 'c2', 'c3', 'u', 'd', 'i')
-      if r[1] and r[8] ~= '1' and r[9] and string.find(r[9], x, 1, true) then
-        found = found + 1
-        out[#out + 1] = id
-        for f = 1, 7 do out[#out + 1] = r[f] or '' end
-      else
-        stale[#stale + 1] = x
-        stale[#stale + 1] = id
-      end
-    end
-    out[n] = found
+local pl = #p
+local stale
+local function find(k)
+  if string.byte(k, pl + 1) == 123 then
+    return redis.call('HGET', k, 'l') or ''
   end
+  local ids = redis.call('SMEMBERS', k)
+  local n = #ids
+  if n == 0 then return '' end
+  local h = string.sub(k, pl + 3)
+  if n > 1 then table.sort(ids) end
+  local line
+  for m = 1, n do
+    local r = redis.call('HMGET', p .. '{' .. ids[m] .. '}:r', 'l', 'i')
+    if r[1] and r[2] and string.find(r[2], h, 1, true) then
+      if line then line = line .. '\0' .. r[1] else line = r[1] end
+    else
+      stale = stale or {}
+      stale[#stale + 1] = h
+      stale[#stale + 1] = ids[m]
+    end
+  end
+  return line or ''
 end
-return {out, stale}
+if #KEYS == 1 then
+  local line = find(KEYS[1])
+  if not stale then return line end
+  return {{line}, stale}
+end
+local out = {}
+for j = 1, #KEYS do out[j] = find(KEYS[j]) end
+return {out, stale or {}}
 `)

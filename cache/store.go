@@ -175,6 +175,22 @@ func (s *Store) recordKey(id string) string  { return s.prefix + "{" + id + "}:r
 func (s *Store) historyKey(id string) string { return s.prefix + "{" + id + "}:h" }
 func (s *Store) indexKey(h string) string    { return s.prefix + "i:" + h }
 
+// indexKeyOf is indexKey(idHash(id)) with a single allocation.
+func (s *Store) indexKeyOf(id guard.Identifier) string {
+	m := s.macs.Get().(hash.Hash)
+	m.Reset()
+	io.WriteString(m, id.Kind.String())
+	io.WriteString(m, ":")
+	io.WriteString(m, id.Value)
+	var sum [sha256.Size]byte
+	var buf [64 + 2*sha256.Size]byte
+	b := append(buf[:0], s.prefix...)
+	b = append(b, "i:"...)
+	b = hex.AppendEncode(b, m.Sum(sum[:0]))
+	s.macs.Put(m)
+	return string(b)
+}
+
 // noteKey names a notification-dedupe key: the caller's key is HMAC'd so
 // whatever it contains never reaches Redis in clear.
 func (s *Store) noteKey(k string) string {
