@@ -439,3 +439,15 @@ func TestImportAndScrubCommands(t *testing.T) {
 		t.Fatalf("scrub with redis down: %d %s", resp.StatusCode, b)
 	}
 }
+
+// The shipped example configuration must stay valid.
+func TestExampleConfigIsValid(t *testing.T) {
+	var out, errb bytes.Buffer
+	env := envFunc(map[string]string{"CONSENTGUARD_HASH_KEY": testKey, "CONSENTGUARD_SALESFORCE_TOKEN": testToken})
+	if err := run(context.Background(), []string{"consentguard", "serve", "-check-config", "-config", "../../deploy/config.example.yaml"}, env, &out, &errb); err != nil {
+		t.Fatalf("deploy/config.example.yaml: %v", err)
+	}
+	if !strings.Contains(out.String(), "configuration ok") {
+		t.Fatalf("output %q", out.String())
+	}
+}
