@@ -81,103 +81,103 @@ func badEnvelope(format string, args ...any) error {
 // notification of it. Errors wrap errBadEnvelope and describe the input
 // only.
 func decodeOutbound(data []byte) (*outbound, error) {
-	d := xml.NewDecoder(bytes.NewReader(data))
-	root, err := nextElement(d)
-	if err == io.EOF {
-		return nil, badEnvelope("empty body")
-	}
+	s := newScanner(data)
+	root, err := s.next()
 	if err != nil {
 		return nil, err
 	}
-	if root.Name.Space != nsEnvelope || root.Name.Local != "Envelope" {
+	if root.kind != tokStart || !root.name.is(nsEnvelope, "Envelope") {
 		return nil, badEnvelope("root element is not a SOAP 1.1 Envelope")
 	}
 	var msg *outbound
 	for {
-		tok, err := token(d)
+		t, err := s.next()
 		if err != nil {
 			return nil, err
 		}
-		switch t := tok.(type) {
-		case xml.StartElement:
+		switch t.kind {
+		case tokStart:
 			switch {
-			case t.Name.Space == nsEnvelope && t.Name.Local == "Body":
+			case t.name.is(nsEnvelope, "Body"):
 				if msg != nil {
 					return nil, badEnvelope("two SOAP Bodies")
 				}
-				if msg, err = decodeBody(d); err != nil {
+				if msg, err = decodeBody(s); err != nil {
 					return nil, err
 				}
-			case t.Name.Space == nsEnvelope && t.Name.Local == "Header" && msg == nil:
-				if err := d.Skip(); err != nil {
-					return nil, badEnvelope("%v", err)
+			case t.name.is(nsEnvelope, "Header") && msg == nil:
+				if err := s.skip(); err != nil {
+					return nil, err
 				}
 			default:
-				return nil, badEnvelope("unexpected element %s in Envelope", t.Name.Local)
+				return nil, badEnvelope("unexpected element %s in Envelope", cut(string(t.name.local), 40))
 			}
-		case xml.EndElement:
+		case tokEnd:
 			if msg == nil {
 				return nil, badEnvelope("no SOAP Body")
 			}
 			// Nothing but comments and space may follow the Envelope.
-			if _, err := nextElement(d); err != io.EOF {
-				return nil, badEnvelope("content after the Envelope")
+			if _, err := s.next(); err != io.EOF {
+				if err == nil {
+					err = badEnvelope("content after the Envelope")
+				}
+				return nil, err
 			}
 			return msg, nil
-		case xml.CharData:
-			if len(bytes.TrimSpace(t)) > 0 {
+		case tokText:
+			if !isBlank(t.text) {
 				return nil, badEnvelope("text in Envelope")
 			}
 		}
 	}
 }
 
-func decodeBody(d *xml.Decoder) (*outbound, error) {
+func decodeBody(s *scanner) (*outbound, error) {
 	var msg *outbound
 	for {
-		tok, err := token(d)
+		t, err := s.next()
 		if err != nil {
 			return nil, err
 		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if t.Name.Space != nsOutbound || t.Name.Local != "notifications" || msg != nil {
-				return nil, badEnvelope("SOAP Body holds %s, want one notifications element", t.Name.Local)
+		switch t.kind {
+		case tokStart:
+			if !t.name.is(nsOutbound, "notifications") || msg != nil {
+				return nil, badEnvelope("SOAP Body holds %s, want one notifications element", cut(string(t.name.local), 40))
 			}
-			if msg, err = decodeNotifications(d); err != nil {
+			if msg, err = decodeNotifications(s); err != nil {
 				return nil, err
 			}
-		case xml.EndElement:
+		case tokEnd:
 			if msg == nil {
 				return nil, badEnvelope("SOAP Body holds no notifications element")
 			}
 			return msg, nil
-		case xml.CharData:
-			if len(bytes.TrimSpace(t)) > 0 {
+		case tokText:
+			if !isBlank(t.text) {
 				return nil, badEnvelope("text in SOAP Body")
 			}
 		}
 	}
 }
 
-func decodeNotifications(d *xml.Decoder) (*outbound, error) {
+func decodeNotifications(s *scanner) (*outbound, error) {
 	msg := &outbound{}
 	for {
-		tok, err := token(d)
+		t, err := s.next()
 		if err != nil {
 			return nil, err
 		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if t.Name.Space != nsOutbound {
+		switch t.kind {
+		case tokStart:
+			if string(t.name.space) != nsOutbound {
 				// Not part of the WSDL: ignore, for forward compatibility.
-				if err := d.Skip(); err != nil {
-					return nil, badEnvelope("%v", err)
+				if err := s.skip(); err != nil {
+					return nil, err
 				}
 				continue
 			}
 			var dst *string
-			switch t.Name.Local {
+			switch string(t.name.local) {
 			case "OrganizationId":
 				dst = &msg.OrganizationID
 			case "ActionId":
@@ -190,24 +190,27 @@ func decodeNotifications(d *xml.Decoder) (*outbound, error) {
 				if len(msg.Notifications) == MaxNotifications {
 					return nil, badEnvelope("more than %d notifications", MaxNotifications)
 				}
-				n, err := decodeNotification(d)
+				if msg.Notifications == nil {
+					msg.Notifications = make([]notification, 0, 8)
+				}
+				n, err := decodeNotification(s)
 				if err != nil {
 					return nil, fmt.Errorf("notification %d: %w", len(msg.Notifications)+1, err)
 				}
 				msg.Notifications = append(msg.Notifications, n)
 				continue
 			default: // SessionId (a credential: never kept) and anything newer
-				if err := d.Skip(); err != nil {
-					return nil, badEnvelope("%v", err)
+				if err := s.skip(); err != nil {
+					return nil, err
 				}
 				continue
 			}
-			s, _, err := text(d, t.Name.Local)
+			v, _, err := text(s, string(t.name.local))
 			if err != nil {
 				return nil, err
 			}
-			*dst = strings.TrimSpace(s)
-		case xml.EndElement:
+			*dst = strings.TrimSpace(v)
+		case tokEnd:
 			if !isSalesforceID(msg.OrganizationID) {
 				return nil, badEnvelope("OrganizationId missing or not a Salesforce Id")
 			}
@@ -215,51 +218,51 @@ func decodeNotifications(d *xml.Decoder) (*outbound, error) {
 				return nil, badEnvelope("no Notification")
 			}
 			return msg, nil
-		case xml.CharData:
-			if len(bytes.TrimSpace(t)) > 0 {
+		case tokText:
+			if !isBlank(t.text) {
 				return nil, badEnvelope("text in notifications")
 			}
 		}
 	}
 }
 
-func decodeNotification(d *xml.Decoder) (notification, error) {
+func decodeNotification(s *scanner) (notification, error) {
 	var n notification
 	sawObject := false
 	for {
-		tok, err := token(d)
+		t, err := s.next()
 		if err != nil {
 			return n, err
 		}
-		switch t := tok.(type) {
-		case xml.StartElement:
+		switch t.kind {
+		case tokStart:
 			switch {
-			case t.Name.Space == nsOutbound && t.Name.Local == "Id":
-				s, _, err := text(d, "Id")
+			case t.name.is(nsOutbound, "Id"):
+				v, _, err := text(s, "Id")
 				if err != nil {
 					return n, err
 				}
-				n.ID = strings.TrimSpace(s)
-			case t.Name.Space == nsOutbound && t.Name.Local == "sObject":
+				n.ID = strings.TrimSpace(v)
+			case t.name.is(nsOutbound, "sObject"):
 				if sawObject {
 					return n, badEnvelope("two sObjects")
 				}
 				sawObject = true
-				if err := decodeSObject(d, t, &n); err != nil {
+				if err := decodeSObject(s, t, &n); err != nil {
 					return n, err
 				}
 			default:
-				if err := d.Skip(); err != nil {
-					return n, badEnvelope("%v", err)
+				if err := s.skip(); err != nil {
+					return n, err
 				}
 			}
-		case xml.EndElement:
+		case tokEnd:
 			if !isSalesforceID(n.ID) {
 				return n, badEnvelope("notification Id missing or not a Salesforce Id")
 			}
 			return n, nil
-		case xml.CharData:
-			if len(bytes.TrimSpace(t)) > 0 {
+		case tokText:
+			if !isBlank(t.text) {
 				return n, badEnvelope("text in Notification")
 			}
 		}
@@ -269,35 +272,43 @@ func decodeNotification(d *xml.Decoder) (notification, error) {
 // decodeSObject reads the fields of an sObject. Its type is the local part
 // of xsi:type ("sf:Contact" → "Contact"); whatever prefix the sender bound
 // is not looked at.
-func decodeSObject(d *xml.Decoder, start xml.StartElement, n *notification) error {
-	for _, a := range start.Attr {
-		if a.Name.Space == nsXSI && a.Name.Local == "type" {
-			typ := strings.TrimSpace(a.Value)
+func decodeSObject(s *scanner, start xtoken, n *notification) error {
+	null := false
+	for _, a := range start.attrs {
+		switch {
+		case a.name.is(nsXSI, "type"):
+			typ := strings.TrimSpace(string(a.value))
 			n.Object = typ[strings.LastIndexByte(typ, ':')+1:]
+		case a.name.is(nsXSI, "nil"):
+			null = isTrue(a.value)
 		}
 	}
-	if isNil(start) {
+	if null {
 		// A nil sObject has no fields; it must still be closed properly.
-		if err := d.Skip(); err != nil {
-			return badEnvelope("%v", err)
-		}
-		return nil
+		return s.skip()
 	}
 	for {
-		tok, err := token(d)
+		t, err := s.next()
 		if err != nil {
 			return err
 		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if t.Name.Space != nsSObject {
-				if err := d.Skip(); err != nil {
-					return badEnvelope("%v", err)
+		switch t.kind {
+		case tokStart:
+			if string(t.name.space) != nsSObject {
+				if err := s.skip(); err != nil {
+					return err
 				}
 				continue
 			}
-			null := isNil(t)
-			s, simple, err := text(d, "")
+			name := t.name.local
+			null := false
+			for _, a := range t.attrs {
+				if a.name.is(nsXSI, "nil") {
+					null = isTrue(a.value)
+				}
+			}
+			fieldName := string(name) // before next() reuses buffers
+			v, simple, err := text(s, "")
 			if err != nil {
 				return err
 			}
@@ -306,98 +317,71 @@ func decodeSObject(d *xml.Decoder, start xml.StartElement, n *notification) erro
 				// this mapping can read.
 				continue
 			}
-			n.Fields = append(n.Fields, sfField{Name: t.Name.Local, Value: s})
-		case xml.EndElement:
+			if n.Fields == nil {
+				n.Fields = make([]sfField, 0, 12)
+			}
+			n.Fields = append(n.Fields, sfField{Name: fieldName, Value: v})
+		case tokEnd:
 			return nil
-		case xml.CharData:
-			if len(bytes.TrimSpace(t)) > 0 {
+		case tokText:
+			if !isBlank(t.text) {
 				return badEnvelope("text in sObject")
 			}
 		}
 	}
 }
 
-func isNil(e xml.StartElement) bool {
-	for _, a := range e.Attr {
-		if a.Name.Space == nsXSI && a.Name.Local == "nil" {
-			v, ok := parseBool(a.Value)
-			return ok && v
+func isTrue(v []byte) bool {
+	b, ok := parseBool(string(v))
+	return ok && b
+}
+
+func isBlank(b []byte) bool {
+	for _, c := range b {
+		if !isSpace(c) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // text reads character data up to the end of the current element. An
 // element inside it makes the value not simple: it is skipped, or, when
 // strict names the element, an error.
-func text(d *xml.Decoder, strict string) (s string, simple bool, err error) {
-	var b []byte
+func text(s *scanner, strict string) (v string, simple bool, err error) {
+	var more []byte // only when the value comes in several pieces
+	pieces := 0
 	simple = true
 	for {
-		tok, err := token(d)
+		t, err := s.next()
 		if err != nil {
 			return "", false, err
 		}
-		switch t := tok.(type) {
-		case xml.CharData:
-			b = append(b, t...)
-		case xml.StartElement:
+		switch t.kind {
+		case tokText:
+			// t.text may alias the scanner's buffer: copy it now.
+			switch pieces {
+			case 0:
+				v = string(t.text)
+			case 1:
+				more = append([]byte(v), t.text...)
+			default:
+				more = append(more, t.text...)
+			}
+			pieces++
+		case tokStart:
 			if strict != "" {
 				return "", false, badEnvelope("element inside %s", strict)
 			}
 			simple = false
-			if err := d.Skip(); err != nil {
-				return "", false, badEnvelope("%v", err)
+			if err := s.skip(); err != nil {
+				return "", false, err
 			}
-		case xml.EndElement:
-			return string(b), simple, nil
-		}
-	}
-}
-
-// token returns the next token, dropping comments and processing
-// instructions and refusing DTDs.
-func token(d *xml.Decoder) (xml.Token, error) {
-	for {
-		tok, err := d.Token()
-		if err != nil {
-			if err == io.EOF {
-				return nil, badEnvelope("unexpected end of document")
+		case tokEnd:
+			if pieces > 1 {
+				v = string(more)
 			}
-			return nil, badEnvelope("%v", err)
-		}
-		switch tok.(type) {
-		case xml.Comment, xml.ProcInst:
-			continue
-		case xml.Directive:
-			return nil, badEnvelope("DTDs are not allowed")
-		}
-		return tok, nil
-	}
-}
-
-// nextElement returns the next start element at the top level, skipping
-// the XML declaration, comments and space; io.EOF at the end.
-func nextElement(d *xml.Decoder) (xml.StartElement, error) {
-	for {
-		tok, err := d.Token()
-		if err == io.EOF {
-			return xml.StartElement{}, io.EOF
-		}
-		if err != nil {
-			return xml.StartElement{}, badEnvelope("%v", err)
-		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			return t, nil
-		case xml.CharData:
-			if len(bytes.TrimSpace(t)) > 0 {
-				return xml.StartElement{}, badEnvelope("text outside the Envelope")
-			}
-		case xml.Directive:
-			return xml.StartElement{}, badEnvelope("DTDs are not allowed")
-		case xml.EndElement:
-			return xml.StartElement{}, badEnvelope("unbalanced end tag")
+			return v, simple, nil
 		}
 	}
 }
