@@ -12,11 +12,13 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/textproto"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,7 +78,7 @@ func mustGuard(tb testing.TB) (*guard.Guard, *redistest.Server) {
 		tb.Fatalf("store apply: %v", err)
 	}
 	// A generous timeout: the test machines are slow and noisy.
-	return guard.New(st, guard.Options{Timeout: 2 * time.Second}), srv
+	return guard.New(st, guard.Options{Timeout: 2 * time.Second, Logger: testLogger(tb)}), srv
 }
 
 // sinkMsg is one message the sink received.
@@ -99,6 +101,12 @@ type sink struct {
 	rejectRcpt map[string]*smtp.SMTPError
 	dataErr    *smtp.SMTPError
 	users      map[string]string // AUTH PLAIN users; nil: no AUTH
+	// discard: count messages instead of keeping them (benchmarks); with
+	// commit set, wait that long before answering the end of data, as an
+	// MTA does while it writes and fsyncs its queue file.
+	discard bool
+	commit  time.Duration
+	count   atomic.Int64
 }
 
 type sinkOpt func(*sink, *smtp.Server)
@@ -188,6 +196,12 @@ func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *sinkSession) Data(r io.Reader) error {
+	if s.k.discard {
+		s.k.count.Add(1)
+		_, err := io.Copy(io.Discard, r)
+		time.Sleep(s.k.commit)
+		return err
+	}
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
@@ -357,4 +371,16 @@ func selfSigned(tb testing.TB) (server, client *tls.Config) {
 	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
 	client = &tls.Config{RootCAs: pool, ServerName: "localhost"}
 	return server, client
+}
+
+// testLogger logs warnings and errors through tb.Log.
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
