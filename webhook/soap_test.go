@@ -3,6 +3,8 @@ package webhook
 import (
 	"encoding/xml"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -250,4 +252,92 @@ func BenchmarkDecodeOutbound100(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "notifications/s")
+}
+
+// The scanner and the encoding/xml reference decoder agree on every
+// fixture, accepted or refused.
+func TestDecodeOutboundMatchesReference(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.*"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		m, err := decodeOutbound(b)
+		ref, refErr := refDecodeOutbound(b)
+		if (err == nil) != (refErr == nil) {
+			t.Errorf("%s: scanner %v, reference %v", f, err, refErr)
+			continue
+		}
+		if err == nil && !reflect.DeepEqual(m, ref) {
+			t.Errorf("%s: scanner %+v\nreference %+v", f, m, ref)
+		}
+	}
+}
+
+func TestScanner(t *testing.T) {
+	wrap := func(field string) string {
+		return `<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/" xmlns:x="http://www.w3.org/2001/XMLSchema-instance"><e:Body>` +
+			`<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>00D000000000062</OrganizationId>` +
+			`<Notification><Id>04l000000000001</Id><sObject x:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">` +
+			field + `</sObject></Notification></notifications></e:Body></e:Envelope>`
+	}
+	good := []struct{ name, doc, want string }{
+		{"references", `<sf:V>a&amp;b&lt;&gt;&quot;&apos;&#233;&#xE9;&#x1F600;</sf:V>`, `a&b<>"'éé😀`},
+		{"CRLF", "<sf:V>a\r\nb\rc</sf:V>", "a\nb\nc"},
+		{"CDATA and text", "<sf:V>a<![CDATA[<b>&amp;\r\n]]>c</sf:V>", "a<b>&amp;\nc"},
+		{"comment inside", "<sf:V>a<!-- x -->b</sf:V>", "ab"},
+		{"single quotes and spaces", "<sf:V  x:nil = 'false' >v</sf:V >", "v"},
+		{"self-closing is empty", "<sf:V/>", ""},
+		{"default namespace on field", `<V xmlns="urn:sobject.enterprise.soap.sforce.com">v</V>`, "v"},
+	}
+	for _, tt := range good {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := decodeOutbound([]byte("\xEF\xBB\xBF<?xml version='1.0' encoding='utf-8'?>\n" + wrap(tt.doc) + "\n<!-- end -->\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, ok := m.Notifications[0].field("V"); !ok || v != tt.want {
+				t.Errorf("%q %v, want %q", v, ok, tt.want)
+			}
+		})
+	}
+	bad := []struct{ name, doc string }{
+		{"mismatched end", "<sf:V>v</sf:W>"},
+		{"unbound prefix", "<zz:V>v</zz:V>"},
+		{"unbound attribute prefix", `<sf:V zz:nil="true">v</sf:V>`},
+		{"duplicate attribute", `<sf:V a="1" a="2">v</sf:V>`},
+		{"unquoted attribute", `<sf:V a=1>v</sf:V>`},
+		{"attributes run together", `<sf:V a="1"b="2">v</sf:V>`},
+		{"< in attribute", `<sf:V a="<">v</sf:V>`},
+		{"unknown entity", "<sf:V>&nbsp;</sf:V>"},
+		{"bare ampersand", "<sf:V>a & b</sf:V>"},
+		{"reference to NUL", "<sf:V>&#0;</sf:V>"},
+		{"control character", "<sf:V>a\x01b</sf:V>"},
+		{"invalid UTF-8", "<sf:V>a\xffb</sf:V>"},
+		{"]]> in text", "<sf:V>a]]>b</sf:V>"},
+		{"bad name", "<sf:1V>v</sf:1V>"},
+		{"empty xmlns prefix", `<sf:V xmlns:p="">v</sf:V>`},
+		{"too deep", strings.Repeat("<sf:V>", maxDepth) + strings.Repeat("</sf:V>", maxDepth)},
+		{"unterminated comment", "<!-- "},
+		{"DOCTYPE inside", "<!DOCTYPE x>"},
+		{"XML declaration inside", "<?xml version='1.0'?>"},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			if m, err := decodeOutbound([]byte(wrap(tt.doc))); err == nil {
+				t.Fatalf("accepted: %+v", m.Notifications)
+			} else if !errors.Is(err, errBadEnvelope) {
+				t.Fatalf("%v", err)
+			}
+		})
+	}
+	for name, doc := range map[string]string{
+		"latin-1":          `<?xml version="1.0" encoding="ISO-8859-1"?>` + wrap(""),
+		"second root":      wrap("") + "<x/>",
+		"text after root":  wrap("") + "x",
+		"text before root": "x" + wrap(""),
+		"no root":          "<!-- only a comment -->",
+	} {
+		if _, err := decodeOutbound([]byte(doc)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
 }
