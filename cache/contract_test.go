@@ -402,6 +402,51 @@ func runContract(t *testing.T, newBackend func(*testing.T) backend) {
 		}
 	})
 
+	t.Run("ConcurrentWritersConverge", func(t *testing.T) {
+		st := newBackend(t).store(t, cache.Options{})
+		id := rid(t, 200)
+		pool := []guard.Identifier{email(t, "c1@example.de"), email(t, "c2@example.de"), phone(t, "+49 40 123456")}
+		var ups []guard.Update
+		for n := 1; n <= 30; n++ {
+			// Identifiers come and go between versions, to race index adds and removals.
+			ids := []guard.Identifier{pool[n%3]}
+			if n%2 == 0 {
+				ids = append(ids, pool[(n+1)%3])
+			}
+			ups = append(ups, upd(id, v(n), c4([]string{"Ja", "Nein"}[n%2], "", "", ""), ids...))
+		}
+		newest := ups[len(ups)-1]
+		errs := make(chan error, 6)
+		for w := range 6 {
+			go func() {
+				r := rand.New(rand.NewPCG(uint64(w), 7))
+				mine := slices.Clone(ups)
+				r.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+				var err error
+				for _, u := range mine {
+					if _, err = st.Apply(ctx, []guard.Update{u}); err != nil {
+						break
+					}
+				}
+				errs <- err
+			}()
+		}
+		for range 6 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rec := mustGet(t, st, id); rec.Consent != newest.Consent || !rec.Version.Equal(newest.Version) {
+			t.Fatalf("record = %+v, want %q at %v", rec, newest.Consent, newest.Version)
+		}
+		for _, p := range pool {
+			found := slices.Contains(lookupIDs(t, st, p), id)
+			if want := slices.Contains(newest.Identifiers, p); found != want {
+				t.Fatalf("lookup %v found=%v, want %v", p, found, want)
+			}
+		}
+	})
+
 	t.Run("IndexEntriesAreVerified", func(t *testing.T) {
 		b := newBackend(t)
 		st := b.store(t, cache.Options{})
