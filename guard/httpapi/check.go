@@ -60,6 +60,9 @@ func (s *server) handleCheckGet() gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		// The query parser has already enforced what the validator tags
+		// say (channel present, exactly one identifier) at a fraction of
+		// the validator's reflection cost: this is the hot path.
 		s.check(c, &req)
 	}
 }
@@ -72,17 +75,17 @@ func (s *server) handleCheckPost() gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
+		if err := s.validateCheck(&req); err != nil {
+			s.fail(c, err)
+			return
+		}
 		s.check(c, &req)
 	}
 }
 
-// check is the common part of the single checks: validate → parse →
-// authorise → guard → render.
+// check is the common part of the single checks, for a validated request:
+// parse → authorise → guard → render.
 func (s *server) check(c *gin.Context, req *checkRequest) {
-	if err := s.validateCheck(req); err != nil {
-		s.fail(c, err)
-		return
-	}
 	ch, err := guard.ParseChannel(req.Channel)
 	if err != nil {
 		s.fail(c, err)
@@ -127,8 +130,10 @@ func (r *checkRequest) identifier() (guard.Kind, string) {
 }
 
 // parseCheckQuery reads channel, email, phone and contact_id from a raw
-// query without building a url.Values map (this is the hot path). Other
-// parameters are ignored; a repeated one is an error. A phone number's
+// query without building a url.Values map (this is the hot path), and
+// enforces checkRequest's validation rules: a channel and exactly one
+// non-empty identifier. Other parameters are ignored; a repeated one is an
+// error. A phone number's
 // leading '+' is kept even when not percent-encoded (curl users write
 // phone=+49…), every other '+' is a space as usual.
 func parseCheckQuery(raw string, req *checkRequest) error {
@@ -180,6 +185,18 @@ func parseCheckQuery(raw string, req *checkRequest) error {
 			v = "+" + v
 		}
 		*dst = v
+	}
+	if req.Channel == "" {
+		return errNoChannel
+	}
+	n := 0
+	for _, v := range [...]string{req.Email, req.Phone, req.ContactID} {
+		if v != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return errNoIdentifier
 	}
 	return nil
 }

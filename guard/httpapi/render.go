@@ -130,7 +130,9 @@ var jsonContentType = []string{"application/json; charset=utf-8"}
 func writeBody(c *gin.Context, status int, b []byte) {
 	h := c.Writer.Header()
 	h["Content-Type"] = jsonContentType
-	h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	if len(b) > 2048 { // net/http sets it itself for small bodies
+		h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	}
 	c.Writer.WriteHeader(status)
 	_, _ = c.Writer.Write(b)
 }

@@ -108,10 +108,14 @@ func TestParseCheckQuery(t *testing.T) {
 		{"channel=phone&phone=%2B49+211+175403", checkRequest{Channel: "phone", Phone: "+49 211 175403"}, false},
 		{"phone=0211+175403&channel=phone&x=1&&", checkRequest{Channel: "phone", Phone: "0211 175403"}, false},
 		{"channel=post&contact_id=003000000000001", checkRequest{Channel: "post", ContactID: "003000000000001"}, false},
-		{"ch%61nnel=email", checkRequest{Channel: "email"}, false},
+		{"ch%61nnel=email&e%6dail=a@b.de", checkRequest{Channel: "email", Email: "a@b.de"}, false},
+		{"channel=email&email=&phone=0211", checkRequest{Channel: "email", Phone: "0211"}, false},
 		{"channel=email&email=a@b.de&email=c@d.de", checkRequest{}, true},
 		{"channel=email&email=%zz", checkRequest{}, true},
-		{"", checkRequest{}, false},
+		{"channel=email&email=a@b.de&contact_id=003000000000001", checkRequest{}, true},
+		{"channel=email", checkRequest{}, true},
+		{"email=a@b.de", checkRequest{}, true},
+		{"", checkRequest{}, true},
 	}
 	for _, tt := range tests {
 		var got checkRequest
