@@ -536,3 +536,28 @@ func TestSendThroughRelayWithGoSMTPClient(t *testing.T) {
 		}
 	}
 }
+
+func TestChunkingBDAT(t *testing.T) {
+	g, _ := mustGuard(t)
+	k := startSink(t)
+	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
+	cv := dialConv(t, addr)
+	if ehlo := cv.must("EHLO client.test", 250); !strings.Contains(ehlo, "CHUNKING") {
+		t.Fatalf("EHLO lacks CHUNKING: %q", ehlo)
+	}
+	cv.must("MAIL FROM:<news@shop.example>", 250)
+	cv.must("RCPT TO:<ja@example.de>", 250)
+	half := len(body) / 2
+	cv.send(fmt.Sprintf("BDAT %d\r\n%s", half, body[:half]))
+	cv.expect(250)
+	cv.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body)-half, body[half:]))
+	cv.expect(250)
+	cv.must("QUIT", 221)
+	msgs := k.messages()
+	if len(msgs) != 1 {
+		t.Fatalf("sink got %d messages, want 1", len(msgs))
+	}
+	if _, rest := splitTrace(t, msgs[0].data); string(rest) != body {
+		t.Errorf("body changed: %q", rest)
+	}
+}

@@ -70,11 +70,11 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			return errAuthFailed()
 		}
 		if !ss.s.checkPassword(user, pass) {
-			ss.log.Warn("authentication failed", "user", printable(user, 64))
+			ss.log.Warn("authentication failed", "user", maskUser(user))
 			return errAuthFailed()
 		}
 		ss.user = user
-		ss.log = ss.log.With("user", user)
+		ss.log = ss.log.With("user", maskUser(user))
 		return nil
 	}
 	switch strings.ToUpper(mech) {
@@ -223,12 +223,18 @@ func (ss *session) Data(r io.Reader) error {
 	u := ss.up
 	ss.up = nil
 	ss.mu.Unlock()
+	// With BDAT, go-smtp runs Data in its own goroutine and a RSET may
+	// reset the session meanwhile: read what is needed now.
+	recipients, trace := ss.accepted, ss.traceHeader()
 	if u == nil || ss.broken {
+		if u != nil {
+			u.close()
+		}
 		ss.s.metrics.messages.WithLabelValues("upstream_unavailable").Inc()
 		return errUpstreamLost()
 	}
 	start := time.Now()
-	final, readErr, err := u.send(ss.traceHeader(), r)
+	final, readErr, err := u.send(trace, r)
 	switch {
 	case readErr != nil:
 		// u is closed: the upstream never saw an end of data.
@@ -249,12 +255,21 @@ func (ss *session) Data(r io.Reader) error {
 	ss.s.up.put(u)
 	if !final.ok() {
 		ss.s.metrics.messages.WithLabelValues("upstream_rejected").Inc()
-		ss.log.Info("message refused by upstream", "reply", final.code, "recipients", ss.accepted)
+		ss.log.Info("message refused by upstream", "reply", final.code, "recipients", recipients)
 		return upstreamReply(final)
 	}
 	ss.s.metrics.messages.WithLabelValues("relayed").Inc()
-	ss.log.Info("message relayed", "recipients", ss.accepted, "took", time.Since(start))
+	ss.log.Info("message relayed", "recipients", recipients, "took", time.Since(start))
 	return nil
+}
+
+// maskUser masks a user name that is an email address; others are
+// shown (cut to a sane length).
+func maskUser(u string) string {
+	if strings.Contains(u, "@") {
+		return guard.Mask(guard.KindEmail, u)
+	}
+	return printable(u, 64)
 }
 
 // traceHeader is the Received: header (RFC 5321 section 4.4) and, when
