@@ -500,3 +500,62 @@ func BenchmarkBatch10000Phones(b *testing.B) {
 		b.ReportMetric(ms(b.Elapsed())/float64(b.N), "ms/batch")
 	})
 }
+
+// BenchmarkCheckParts prices the layers under the check API without HTTP,
+// from 50 goroutines on the same redis-server: a bare HGET (the baseline's
+// store work), cache.Store.Lookup of one email (HMAC + lookup script),
+// the same under a context timeout (as the guard sets one), guard.Check (parse
+// excluded: identifier pre-parsed) and guard.Parse of
+// an email. Reported per operation: wall time, CPU of this process and
+// CPU of redis-server. The API's cost over the baseline is mostly the
+// difference between the hget and guard.Check rows.
+func BenchmarkCheckParts(b *testing.B) {
+	n := *benchContacts
+	rs, st := mustBenchStore(b, n)
+	ctx := context.Background()
+	rdb := rs.Client(b)
+	fields := make([]any, 0, 2*n)
+	ids := make([]guard.Identifier, n)
+	for i := 0; i < n; i++ {
+		fields = append(fields, benchEmail(i), "Ja")
+		ids[i] = email(b, benchEmail(i))
+	}
+	if err := rdb.HSet(ctx, "bench:consent", fields...).Err(); err != nil {
+		b.Fatal(err)
+	}
+	g := guard.New(st, guard.Options{Timeout: 5 * time.Second}) // no timeouts from a busy machine
+	parts := []struct {
+		name string
+		op   func(i int) error
+	}{
+		{"hget", func(i int) error { return rdb.HGet(ctx, "bench:consent", benchEmail(i%n)).Err() }},
+		{"cache.Lookup", func(i int) error { _, err := st.Lookup(ctx, ids[i%n:i%n+1]); return err }},
+		{"cache.Lookup+timeout", func(i int) error {
+			tctx, cancel := context.WithTimeout(ctx, 5*time.Second) // a timer, as the guard sets one
+			defer cancel()
+			_, err := st.Lookup(tctx, ids[i%n:i%n+1])
+			return err
+		}},
+		{"guard.Check", func(i int) error { _, err := g.Check(ctx, guard.Email, ids[i%n]); return err }},
+		{"guard.Parse", func(i int) error { _, err := g.Parse(guard.KindEmail, benchEmail(i%n)); return err }},
+	}
+	for _, p := range parts {
+		b.Run(p.name, func(b *testing.B) {
+			var next atomic.Int64
+			b.SetParallelism((*benchClients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			cpu0, rcpu0 := processCPU(), redisCPU(ctx, rdb)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := p.op(int(next.Add(1))); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Microsecond)/float64(b.N), "go-cpu-µs/op")
+			b.ReportMetric(float64(redisCPU(ctx, rdb)-rcpu0)/float64(time.Microsecond)/float64(b.N), "redis-cpu-µs/op")
+		})
+	}
+}
