@@ -121,11 +121,14 @@ func (s *Store) Init(ctx context.Context) error {
 	fp := s.fingerprint()
 	meta := s.prefix + "meta"
 	pipe := s.rdb.Pipeline()
-	pipe.HSetNX(ctx, meta, "fingerprint", fp)
+	created := pipe.HSetNX(ctx, meta, "fingerprint", fp)
 	pipe.HSetNX(ctx, meta, "schema", "1")
 	got := pipe.HGet(ctx, meta, "fingerprint")
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("cache: init: %w", err)
+	}
+	if created.Val() {
+		s.log.Info("cache: recorded the hash key's fingerprint in Redis", "key", meta, "fingerprint", fp)
 	}
 	if got.Val() != fp {
 		return fmt.Errorf("%w: Redis holds fingerprint %s, the configured hash key has %s", guard.ErrHashKeyMismatch, got.Val(), fp)
