@@ -110,7 +110,6 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return errTooManyRecipients()
 	}
 	ctx := ss.s.ctx
-	masked := guard.Mask(guard.KindEmail, to)
 	id, err := ss.s.g.Parse(guard.KindEmail, to)
 	var d guard.Decision
 	if err == nil {
@@ -125,17 +124,19 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			result = string(guard.ReasonStoreUnavailable)
 		}
 		ss.s.metrics.rcpts.WithLabelValues(result).Inc()
-		ss.log.Info("recipient refused", "rcpt", masked, "reason", result, "reply", e.Code)
+		ss.log.Info("recipient refused", "rcpt", guard.Mask(guard.KindEmail, to), "reason", result, "reply", e.Code)
 		return e
 	}
 	if e := ss.forward(ctx, to); e != nil {
 		ss.s.metrics.rcpts.WithLabelValues("upstream_rejected").Inc()
-		ss.log.Info("recipient refused by upstream", "rcpt", masked, "reply", e.Code)
+		ss.log.Info("recipient refused by upstream", "rcpt", guard.Mask(guard.KindEmail, to), "reply", e.Code)
 		return e
 	}
 	ss.accepted++
 	ss.s.metrics.rcpts.WithLabelValues(string(d.Reason)).Inc()
-	ss.log.Debug("recipient accepted", "rcpt", masked, "records", len(d.Records))
+	if ss.log.Enabled(ctx, slog.LevelDebug) {
+		ss.log.Debug("recipient accepted", "rcpt", d.Identifier, "records", len(d.Records))
+	}
 	return nil
 }
 
@@ -259,7 +260,7 @@ func (ss *session) Data(r io.Reader) error {
 		return upstreamReply(final)
 	}
 	ss.s.metrics.messages.WithLabelValues("relayed").Inc()
-	ss.log.Info("message relayed", "recipients", recipients, "took", time.Since(start))
+	ss.log.Debug("message relayed", "recipients", recipients, "took", time.Since(start))
 	return nil
 }
 
