@@ -3,6 +3,7 @@ package webhook
 import (
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -316,6 +317,7 @@ func TestScanner(t *testing.T) {
 		{"bad name", "<sf:1V>v</sf:1V>"},
 		{"empty xmlns prefix", `<sf:V xmlns:p="">v</sf:V>`},
 		{"too deep", strings.Repeat("<sf:V>", maxDepth) + strings.Repeat("</sf:V>", maxDepth)},
+		{"too many attributes", "<sf:V" + manyAttrs(maxAttrs+1) + ">v</sf:V>"},
 		{"unterminated comment", "<!-- "},
 		{"DOCTYPE inside", "<!DOCTYPE x>"},
 		{"XML declaration inside", "<?xml version='1.0'?>"},
@@ -339,5 +341,24 @@ func TestScanner(t *testing.T) {
 		if _, err := decodeOutbound([]byte(doc)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+func manyAttrs(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, ` a%d="1"`, i)
+	}
+	return b.String()
+}
+
+func TestScannerAttributeLimit(t *testing.T) {
+	s := newScanner([]byte("<x" + manyAttrs(maxAttrs) + "/>"))
+	if tok, err := s.next(); err != nil || len(tok.attrs) != maxAttrs {
+		t.Fatalf("%d attributes: %v", len(tok.attrs), err)
+	}
+	s = newScanner([]byte("<x" + manyAttrs(maxAttrs+1) + "/>"))
+	if _, err := s.next(); err == nil || !strings.Contains(err.Error(), "attributes") {
+		t.Fatalf("limit not enforced: %v", err)
 	}
 }

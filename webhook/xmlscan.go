@@ -21,7 +21,11 @@ import (
 // Line ends are normalised (\r\n and \r become \n) and attribute values
 // whitespace-normalised as XML requires.
 
-const maxDepth = 64
+// Limits on a document's shape, far above what Salesforce sends.
+const (
+	maxDepth = 64 // element nesting
+	maxAttrs = 64 // attributes (namespace declarations included) per element
+)
 
 type tokKind uint8
 
@@ -320,6 +324,9 @@ func (s *scanner) startTag() (xtoken, error) {
 		}
 		if !sp {
 			return xtoken{}, s.errorf("attributes must be separated by space")
+		}
+		if len(s.raw) == maxAttrs {
+			return xtoken{}, s.errorf("more than %d attributes", maxAttrs)
 		}
 		_, ap, al, err := s.name()
 		if err != nil {
