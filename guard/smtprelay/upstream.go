@@ -349,6 +349,9 @@ func (u *upConn) auth(user, pass string) error {
 	}
 }
 
+// traceAllowance is added to a declared SIZE for the header we prepend.
+const traceAllowance = 512
+
 // mailParams renders the MAIL FROM parameters the upstream understands.
 func (u *upConn) mailParams(opts *smtp.MailOptions) string {
 	if opts == nil {
@@ -359,8 +362,9 @@ func (u *upConn) mailParams(opts *smtp.MailOptions) string {
 		b.WriteString(" BODY=8BITMIME")
 	}
 	if opts.Size > 0 && u.has("SIZE") {
+		// The client's estimate, plus room for our trace header.
 		b.WriteString(" SIZE=")
-		b.WriteString(strconv.FormatInt(opts.Size, 10))
+		b.WriteString(strconv.FormatInt(opts.Size+traceAllowance, 10))
 	}
 	return b.String()
 }
