@@ -549,6 +549,12 @@ func TestHealthAndMetrics(t *testing.T) {
 		if code, body := f.do(t, call{method: "GET", path: p}); code != 200 {
 			t.Errorf("%s: status %d: %s", p, code, body)
 		}
+		resp, err := http.Head(f.url + p)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("HEAD %s: %v %v", p, resp, err)
+		} else {
+			resp.Body.Close()
+		}
 	}
 	f.get(t, "/v1/check?channel=email&email=jane.doe%40example.de")
 	f.get(t, "/v1/check?channel=email&email=bad")

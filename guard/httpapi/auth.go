@@ -119,8 +119,11 @@ func (a *authenticator) principalFor(h map[string][]string) *principal {
 	return found
 }
 
-// principalKey is the gin context key of the authenticated principal.
-const principalKey = "consentguard.principal"
+// principalKey is the gin context key of the authenticated principal; a
+// private type, so no other code can set or shadow it.
+type principalCtxKey struct{}
+
+var principalKey principalCtxKey
 
 // authenticate guards every /v1/ path (built-in and extra routes): 401
 // unless the request presents a valid key or anonymous access is allowed.

@@ -16,7 +16,9 @@ func (s *server) routes(r *gin.Engine) {
 	r.DELETE("/v1/contacts/:id", s.require("contacts:erase"), s.handleContactDelete())
 
 	r.GET("/healthz", s.handleHealthz())
+	r.HEAD("/healthz", s.handleHealthz())
 	r.GET("/readyz", s.handleReadyz())
+	r.HEAD("/readyz", s.handleReadyz())
 	if s.gatherer != nil {
 		r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
 	}
