@@ -320,3 +320,26 @@ func TestShutdownWaitsForTheReplyAndClosesIdle(t *testing.T) {
 		t.Errorf("idle connection after Shutdown: %v, want EOF", err)
 	}
 }
+
+// panicStore stands in for a store with a bug.
+type panicStore struct{}
+
+func (panicStore) Lookup(context.Context, []guard.Identifier) ([][]guard.Record, error) {
+	panic("bug in the store")
+}
+
+func TestPanicClosesOnlyThatConnection(t *testing.T) {
+	addr := startPolicy(t, guard.New(panicStore{}, guard.Options{}), policy.Options{})
+	for i := 0; i < 2; i++ {
+		c := dial(t, addr)
+		io.WriteString(c.c, request("RCPT", "ja@example.de"))
+		if line, err := c.br.ReadString('\n'); err == nil {
+			t.Errorf("reply %q after a panic; want the connection closed (Postfix then uses default_action)", line)
+		}
+		// Requests that do not reach the store are still answered.
+		c = dial(t, addr)
+		if got := c.ask(request("MAIL", "")); got != "DUNNO" {
+			t.Errorf("MAIL after a panic elsewhere: %s", got)
+		}
+	}
+}
