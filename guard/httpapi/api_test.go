@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// The store the lead wires in satisfies the interface this package declares.
+var _ httpapi.Contacts = (*cache.Store)(nil)
+
 var testHashKey = []byte("httpapi-test-hash-key-0123456789")
 
 // Contacts of the fixture. Ids are 15-character and normalised to 18.
