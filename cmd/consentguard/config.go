@@ -67,6 +67,18 @@ type SalesforceConfig struct {
 	Token   string           `yaml:"token"`
 	Values  guard.Vocabulary `yaml:"values"`
 	Objects webhook.Mapping  `yaml:"objects"`
+	// REST is the API `consentguard sync` reads (OAuth 2.0 client
+	// credentials flow of a Connected App / External Client App).
+	REST RESTConfig `yaml:"rest"`
+}
+
+// RESTConfig reaches the Salesforce REST API for sync.
+type RESTConfig struct {
+	// URL is the org's My Domain, e.g. https://acme.my.salesforce.com.
+	URL          string `yaml:"url" validate:"omitempty,url"`
+	ClientID     string `yaml:"client_id"`
+	ClientSecret string `yaml:"client_secret"`
+	APIVersion   string `yaml:"api_version"`
 }
 
 // EventsConfig authenticates JSON events from flows and Apex.
@@ -123,7 +135,7 @@ func defaultConfig() Config {
 		HTTP:       HTTPConfig{Listen: "127.0.0.1:8080", MaxBody: 5 << 20},
 		Redis:      RedisConfig{Timeout: guard.DefaultTimeout},
 		Identity:   IdentityConfig{DefaultRegion: "DE"},
-		Salesforce: SalesforceConfig{Values: guard.DefaultVocabulary(), Objects: webhook.DefaultMapping()},
+		Salesforce: SalesforceConfig{Values: guard.DefaultVocabulary(), Objects: webhook.DefaultMapping(), REST: RESTConfig{APIVersion: "62.0"}},
 		API:        APIConfig{MaxBatch: 10000},
 		Policy:     PolicyConfig{Mode: "enforce"},
 		Log:        LogConfig{Level: "info", Format: "text"},
@@ -140,6 +152,9 @@ var envVars = []struct {
 	{"CONSENTGUARD_HASH_KEY", func(c *Config, v string) { c.Identity.HashKey = v }},
 	{"CONSENTGUARD_SALESFORCE_TOKEN", func(c *Config, v string) { c.Salesforce.Token = v }},
 	{"CONSENTGUARD_SALESFORCE_ORG_IDS", func(c *Config, v string) { c.Salesforce.OrgIDs = splitList(v) }},
+	{"CONSENTGUARD_SALESFORCE_URL", func(c *Config, v string) { c.Salesforce.REST.URL = v }},
+	{"CONSENTGUARD_SALESFORCE_CLIENT_ID", func(c *Config, v string) { c.Salesforce.REST.ClientID = v }},
+	{"CONSENTGUARD_SALESFORCE_CLIENT_SECRET", func(c *Config, v string) { c.Salesforce.REST.ClientSecret = v }},
 	{"CONSENTGUARD_EVENTS_BEARER_TOKEN", func(c *Config, v string) { c.Events.BearerToken = v }},
 	{"CONSENTGUARD_EVENTS_HMAC_SECRET", func(c *Config, v string) { c.Events.HMACSecret = v }},
 	{"CONSENTGUARD_SMTP_UPSTREAM_PASSWORD", func(c *Config, v string) { c.SMTP.UpstreamPassword = v }},
