@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/consentguard/consentguard/guard"
@@ -46,7 +47,8 @@ func stuffed(msg string) string {
 func TestThreeRecipientsOnlyTheConsentingOneGetsTheMail(t *testing.T) {
 	g, _ := mustGuard(t)
 	k := startSink(t)
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
+	reg := prometheus.NewRegistry()
+	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr, Registerer: reg})
 
 	cv := dialConv(t, addr)
 	cv.must("EHLO client.test", 250)
@@ -82,6 +84,28 @@ func TestThreeRecipientsOnlyTheConsentingOneGetsTheMail(t *testing.T) {
 	}
 	if strings.Contains(trace, "X-Consent-Guard") {
 		t.Errorf("X-Consent-Guard added although not configured: %q", trace)
+	}
+
+	want := map[string]float64{
+		"consentguard_smtp_recipients_total/consent_granted": 1,
+		"consentguard_smtp_recipients_total/consent_denied":  1,
+		"consentguard_smtp_recipients_total/unknown_contact": 1,
+		"consentguard_smtp_messages_total/relayed":           1,
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("metric %s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
 	}
 }
 
