@@ -162,7 +162,7 @@ func New(g *guard.Guard, opts Options) *Server {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
-	srv := smtp.NewServer(s)
+	srv := smtp.NewServer(backend{s})
 	srv.Domain = opts.Domain
 	srv.TLSConfig = opts.TLS
 	srv.AllowInsecureAuth = opts.TLS == nil

@@ -16,9 +16,14 @@ import (
 	"github.com/consentguard/consentguard/guard"
 )
 
+// backend is the smtp.Backend; a separate type keeps NewSession out of the
+// Server's API.
+type backend struct{ s *Server }
+
 // NewSession implements smtp.Backend. go-smtp calls it on EHLO/HELO, and
 // again after STARTTLS.
-func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := b.s
 	ss := &session{s: s, helo: c.Hostname(), tc: tracked(c.Conn())}
 	if addr, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		ss.ip = addr.IP.String()
