@@ -56,6 +56,9 @@ func openApp(ctx context.Context, cfgPath string, getenv func(string) string, st
 		return nil, err
 	}
 	a := &app{cfg: cfg, validate: v, log: newLogger(cfg.Log, stderr)}
+	// go-redis logs pool trouble through a process-wide logger; route it
+	// into ours (it carries addresses of Redis, never of people).
+	redis.SetLogger(redisLogger{a.log})
 	var rdb redis.UniversalClient
 	if cfg.Embedded() {
 		emb, err := cache.NewEmbedded()
@@ -116,4 +119,11 @@ func redactURL(u string) string {
 		}
 	}
 	return u
+}
+
+// redisLogger adapts slog to go-redis's internal logger.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client", "msg", fmt.Sprintf(format, v...))
 }

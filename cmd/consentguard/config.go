@@ -248,8 +248,15 @@ func (c *Config) validate(v *validator.Validate) error {
 	if c.HTTP.ClientCA != "" && c.HTTP.TLSCert == "" {
 		errs = append(errs, errors.New("http.client_ca: needs http.tls_cert and http.tls_key"))
 	}
-	if c.Policy.Listen != "" && c.Policy.Listen == c.HTTP.Listen || c.SMTP.Listen != "" && (c.SMTP.Listen == c.HTTP.Listen || c.SMTP.Listen == c.Policy.Listen) {
-		errs = append(errs, errors.New("http.listen, smtp.listen and policy.listen must differ"))
+	seen := map[string]string{}
+	for _, l := range []struct{ key, addr string }{{"http.listen", c.HTTP.Listen}, {"smtp.listen", c.SMTP.Listen}, {"policy.listen", c.Policy.Listen}} {
+		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
+			continue
+		}
+		if other, dup := seen[l.addr]; dup {
+			errs = append(errs, fmt.Errorf("%s and %s are both %s", other, l.key, l.addr))
+		}
+		seen[l.addr] = l.key
 	}
 	if len(errs) > 0 {
 		return &configError{errs: errs}

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/consentguard/consentguard/cache/redistest"
 )
@@ -450,4 +454,50 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if !strings.Contains(out.String(), "configuration ok") {
 		t.Fatalf("output %q", out.String())
 	}
+}
+
+func TestServeMailFrontEnds(t *testing.T) {
+	rs := redistest.Start(t)
+	env := redisEnv(rs.URL())
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(cfg, []byte("smtp: {listen: 127.0.0.1:0, upstream: 127.0.0.1:1}\npolicy: {listen: 127.0.0.1:0, mode: enforce}\n"), 0o600)
+	s := mustServe(t, env, "-config", cfg)
+	if s.addrs["smtp"] == "" || s.addrs["policy"] == "" {
+		t.Fatalf("smtp/policy not listening: %v", s.addrs)
+	}
+
+	// Postfix policy delegation: one request, one action.
+	conn, err := net.Dial("tcp", s.addrs["policy"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nsender=news@shop.example\nrecipient=nobody@firma.de\n\n")
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "action=550 5.7.1 ") || !strings.Contains(line, "unknown_contact") {
+		t.Fatalf("policy answered %q, %v", line, err)
+	}
+
+	// SMTP relay: the unknown recipient is refused at RCPT.
+	c, err := smtp.Dial(s.addrs["smtp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("test.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("news@shop.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Rcpt("nobody@firma.de", nil)
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 || !strings.Contains(se.Message, "unknown_contact") {
+		t.Fatalf("RCPT answered %v", err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	s.stop(t)
 }

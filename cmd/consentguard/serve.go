@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
@@ -46,6 +48,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return nil
 	}
 
+	gin.SetMode(gin.ReleaseMode) // gin's mode is process-wide; serve owns the process
 	var auditLog *audit.Log
 	observe := func(d guard.Decision) {
 		if auditLog != nil {
@@ -204,7 +207,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	for _, s := range services {
 		eg.Go(func() error {
 			err := s.serve(s.ln)
-			if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+			if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) ||
+				errors.Is(err, smtprelay.ErrServerClosed) || errors.Is(err, policy.ErrServerClosed) {
 				return nil
 			}
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -215,12 +219,20 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		log.Info("shutting down", "grace", shutdownGrace)
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
-		var errs []error
-		for _, s := range services {
-			if err := s.shutdown(sctx); err != nil && !errors.Is(err, net.ErrClosed) {
-				errs = append(errs, fmt.Errorf("%s shutdown: %w", s.name, err))
-			}
+		// Every server drains at once, within one shared grace period.
+		errs := make([]error, len(services))
+		var wg sync.WaitGroup
+		for i, s := range services {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.shutdown(sctx); err != nil && !errors.Is(err, net.ErrClosed) &&
+					!errors.Is(err, smtprelay.ErrServerClosed) && !errors.Is(err, policy.ErrServerClosed) {
+					errs[i] = fmt.Errorf("%s shutdown: %w", s.name, err)
+				}
+			}()
 		}
+		wg.Wait()
 		return errors.Join(errs...)
 	})
 	err = eg.Wait()
