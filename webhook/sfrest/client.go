@@ -1,0 +1,488 @@
+// Package sfrest reconciles the consent store from the Salesforce REST API:
+// `consentguard sync` of DESIGN.md.
+//
+// It implements the OAuth 2.0 client credentials flow of a Connected App or
+// External Client App (POST /services/oauth2/token with
+// grant_type=client_credentials; RFC 6749 section 4.4 as Salesforce
+// documents it) and the REST API Query and QueryAll resources
+// (GET /services/data/vXX.X/query?q=SOQL, /queryAll for deleted rows,
+// following nextRecordsUrl until done). Every record goes through the same
+// webhook.Mapping as the outbound messages and JSON events, and every page is
+// written through the store's compare-and-set Apply, so a sync can never
+// undo a newer change that arrived by webhook, and running it again is safe.
+package sfrest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Defaults for Config.
+const (
+	DefaultAPIVersion = "62.0"
+	DefaultTimeout    = 2 * time.Minute // one HTTP request, body included
+	DefaultMaxBody    = 64 << 20        // bytes of one response
+)
+
+// Config reaches one Salesforce org.
+type Config struct {
+	// URL is the org's My Domain login URL, e.g.
+	// https://acme.my.salesforce.com. It must be https; plain http is
+	// accepted only for loopback hosts (tests).
+	URL          string
+	ClientID     string // consumer key
+	ClientSecret string // consumer secret
+	APIVersion   string // "62.0" (default); a leading "v" is accepted
+	// HTTPClient, when set, is used as is. The default has DefaultTimeout
+	// and follows no redirects (the bearer token stays with the instance).
+	HTTPClient *http.Client
+	MaxBody    int64 // default DefaultMaxBody
+	Logger     *slog.Logger
+}
+
+// Client talks to one org's REST API. It authenticates lazily, keeps the
+// access token in memory only, and re-authenticates once when Salesforce
+// answers 401 (INVALID_SESSION_ID). It is safe for concurrent use.
+type Client struct {
+	login   *url.URL
+	id      string
+	secret  string
+	version string
+	hc      *http.Client
+	maxBody int64
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	token    string
+	instance *url.URL
+}
+
+// ErrAuth marks a refused client credentials request (wrong consumer key
+// or secret, flow not enabled, no run-as user). errors.Is(err, ErrAuth).
+var ErrAuth = errors.New("salesforce refused the client credentials")
+
+// ErrResponse marks a response that is not what the API documents (too
+// large, not JSON, a foreign nextRecordsUrl).
+var ErrResponse = errors.New("unexpected response from Salesforce")
+
+// APIError is an error answer from Salesforce: the REST API's
+// [{"message","errorCode"}] or the token endpoint's
+// {"error","error_description"}. It holds no credentials or tokens.
+type APIError struct {
+	Op      string // "token", "query", "queryAll"
+	Status  int    // HTTP status
+	Code    string // errorCode / error, e.g. INVALID_FIELD, invalid_client
+	Message string // message / error_description, cut to 300 characters
+}
+
+func (e *APIError) Error() string {
+	s := fmt.Sprintf("salesforce %s: HTTP %d", e.Op, e.Status)
+	if e.Code != "" {
+		s += " " + e.Code
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	return s
+}
+
+// Is reports token-endpoint refusals as ErrAuth.
+func (e *APIError) Is(target error) bool {
+	return target == ErrAuth && e.Op == "token" && e.Status >= 400 && e.Status < 500
+}
+
+var apiVersionRE = regexp.MustCompile(`^[0-9]{2,3}\.[0-9]$`)
+
+// New checks the configuration and returns a client. It does not contact
+// Salesforce. Missing settings are reported all at once.
+func New(cfg Config) (*Client, error) {
+	var errs []error
+	login, err := checkURL(cfg.URL)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("url: %w", err))
+	}
+	if cfg.ClientID == "" {
+		errs = append(errs, errors.New("client_id: required"))
+	}
+	if cfg.ClientSecret == "" {
+		errs = append(errs, errors.New("client_secret: required"))
+	}
+	ver := strings.TrimPrefix(strings.TrimSpace(cfg.APIVersion), "v")
+	if ver == "" {
+		ver = DefaultAPIVersion
+	}
+	if !apiVersionRE.MatchString(ver) {
+		errs = append(errs, fmt.Errorf("api_version: %q is not like 62.0", cut(cfg.APIVersion, 20)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	c := &Client{login: login, id: cfg.ClientID, secret: cfg.ClientSecret, version: ver, hc: cfg.HTTPClient, maxBody: cfg.MaxBody, log: cfg.Logger}
+	if c.hc == nil {
+		c.hc = &http.Client{
+			Timeout: DefaultTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error {
+				return errors.New("salesforce answered with a redirect; set the org's My Domain URL")
+			},
+		}
+	}
+	if c.maxBody <= 0 {
+		c.maxBody = DefaultMaxBody
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// checkURL accepts an absolute https URL without query or fragment, or
+// http to a loopback host. The path is dropped: Salesforce paths are fixed.
+func checkURL(raw string) (*url.URL, error) {
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return nil, errors.New("required (the org's My Domain, e.g. https://acme.my.salesforce.com)")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil {
+		return nil, errors.New("not an absolute URL like https://acme.my.salesforce.com")
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopback(u.Hostname()):
+	default:
+		return nil, errors.New("must be https")
+	}
+	return &url.URL{Scheme: u.Scheme, Host: u.Host}, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// tokenResponse is the token endpoint's answer (success or error).
+type tokenResponse struct {
+	AccessToken      string `json:"access_token"`
+	InstanceURL      string `json:"instance_url"`
+	TokenType        string `json:"token_type"`
+	IssuedAt         string `json:"issued_at"`
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+}
+
+// authenticate runs the client credentials flow and keeps the token.
+func (c *Client) authenticate(ctx context.Context) (string, *url.URL, error) {
+	form := url.Values{
+		"grant_type":    {"client_credentials"},
+		"client_id":     {c.id},
+		"client_secret": {c.secret},
+	}
+	endpoint := c.login.JoinPath("/services/oauth2/token").String()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	body, status, err := c.send(req)
+	if err != nil {
+		return "", nil, fmt.Errorf("salesforce token: %w", err)
+	}
+	var tr tokenResponse
+	jerr := json.Unmarshal(body, &tr)
+	if status != http.StatusOK {
+		e := &APIError{Op: "token", Status: status}
+		if jerr == nil {
+			e.Code, e.Message = cut(tr.Error, 60), cut(tr.ErrorDescription, 300)
+		}
+		return "", nil, e
+	}
+	if jerr != nil || tr.AccessToken == "" {
+		return "", nil, fmt.Errorf("salesforce token: %w: no access_token in the answer", ErrResponse)
+	}
+	if tt := tr.TokenType; tt != "" && !strings.EqualFold(tt, "Bearer") {
+		return "", nil, fmt.Errorf("salesforce token: %w: token_type %q, want Bearer", ErrResponse, cut(tt, 20))
+	}
+	inst := c.login
+	if tr.InstanceURL != "" {
+		u, err := checkURL(tr.InstanceURL)
+		if err != nil {
+			return "", nil, fmt.Errorf("salesforce token: %w: instance_url %v", ErrResponse, err)
+		}
+		if c.login.Scheme == "https" && u.Scheme != "https" {
+			return "", nil, fmt.Errorf("salesforce token: %w: instance_url is not https", ErrResponse)
+		}
+		inst = u
+	}
+	c.mu.Lock()
+	c.token, c.instance = tr.AccessToken, inst
+	c.mu.Unlock()
+	c.log.Debug("salesforce: authenticated", "instance", inst.Host)
+	return tr.AccessToken, inst, nil
+}
+
+// session returns the current token, authenticating when there is none.
+func (c *Client) session(ctx context.Context) (string, *url.URL, error) {
+	c.mu.Lock()
+	tok, inst := c.token, c.instance
+	c.mu.Unlock()
+	if tok != "" {
+		return tok, inst, nil
+	}
+	return c.authenticate(ctx)
+}
+
+// drop forgets tok unless another request already replaced it.
+func (c *Client) drop(tok string) {
+	c.mu.Lock()
+	if c.token == tok {
+		c.token = ""
+	}
+	c.mu.Unlock()
+}
+
+// send does one request and reads at most maxBody bytes of the answer.
+func (c *Client) send(req *http.Request) ([]byte, int, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		// *url.Error names the URL; ours carry no credentials (the query
+		// holds SOQL only), but keep the message short.
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody+1))
+	if err != nil {
+		return nil, resp.StatusCode, fmt.Errorf("read answer: %w", err)
+	}
+	if int64(len(body)) > c.maxBody {
+		return nil, resp.StatusCode, fmt.Errorf("%w: answer larger than %d bytes", ErrResponse, c.maxBody)
+	}
+	return body, resp.StatusCode, nil
+}
+
+// get fetches path (below the instance URL) with the bearer token,
+// re-authenticating once on 401.
+func (c *Client) get(ctx context.Context, op, pathAndQuery string) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		tok, inst, err := c.session(ctx)
+		if err != nil {
+			return nil, err
+		}
+		u, err := inst.Parse(pathAndQuery)
+		if err != nil {
+			return nil, fmt.Errorf("salesforce %s: %w", op, err)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Accept", "application/json")
+		body, status, err := c.send(req)
+		if err != nil {
+			return nil, fmt.Errorf("salesforce %s: %w", op, err)
+		}
+		if status == http.StatusOK {
+			return body, nil
+		}
+		e := apiError(op, status, body)
+		if status == http.StatusUnauthorized && attempt == 0 {
+			c.log.Info("salesforce: session expired, authenticating again", "code", e.Code)
+			c.drop(tok)
+			continue
+		}
+		return nil, e
+	}
+}
+
+// apiError reads the REST API's [{"message","errorCode"}] error body.
+func apiError(op string, status int, body []byte) *APIError {
+	e := &APIError{Op: op, Status: status}
+	var list []struct {
+		Message   string `json:"message"`
+		ErrorCode string `json:"errorCode"`
+	}
+	if json.Unmarshal(body, &list) == nil && len(list) > 0 {
+		e.Code, e.Message = cut(list[0].ErrorCode, 60), cut(list[0].Message, 300)
+		return e
+	}
+	var one struct {
+		Message   string `json:"message"`
+		ErrorCode string `json:"errorCode"`
+	}
+	if json.Unmarshal(body, &one) == nil {
+		e.Code, e.Message = cut(one.ErrorCode, 60), cut(one.Message, 300)
+	}
+	return e
+}
+
+// Record is one row of a query result: its object type and its fields by
+// API name (matched without regard to case).
+type Record struct {
+	Type   string // attributes.type
+	fields map[string]json.RawMessage
+}
+
+// Field returns a field's value in the string form webhook.Mapping.Record
+// reads: strings as they are, booleans "true"/"false", numbers as written.
+// An absent or null field, and a compound (object or array) value, report
+// false.
+func (r Record) Field(name string) (string, bool) {
+	raw, ok := r.fields[name]
+	if !ok {
+		raw, ok = r.fields[strings.ToLower(name)]
+	}
+	if !ok {
+		return "", false
+	}
+	return scalar(raw)
+}
+
+func scalar(raw json.RawMessage) (string, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", false
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return "", false
+		}
+		return s, true
+	case 't', 'f':
+		var b bool
+		if json.Unmarshal(raw, &b) != nil {
+			return "", false
+		}
+		if b {
+			return "true", true
+		}
+		return "false", true
+	case 'n', '{', '[':
+		return "", false
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return "", false
+	}
+	return n.String(), true
+}
+
+// Page is one batch of a query result.
+type Page struct {
+	Number    int // 1, 2, …
+	TotalSize int // of the whole result
+	Done      bool
+	Records   []Record
+}
+
+// queryResult is the Query / QueryAll resource's answer.
+type queryResult struct {
+	TotalSize      int                          `json:"totalSize"`
+	Done           bool                         `json:"done"`
+	NextRecordsURL string                       `json:"nextRecordsUrl"`
+	Records        []map[string]json.RawMessage `json:"records"`
+}
+
+// Query runs a SOQL query and calls fn with each page, following
+// nextRecordsUrl until Salesforce says done. With all set it uses the
+// QueryAll resource, which also returns deleted (recycle bin) and merged
+// rows. An error from fn stops the query and is returned as is.
+func (c *Client) Query(ctx context.Context, soql string, all bool, fn func(Page) error) error {
+	op, resource := "query", "query"
+	if all {
+		op, resource = "queryAll", "queryAll"
+	}
+	base := "/services/data/v" + c.version + "/"
+	next := base + resource + "?" + url.Values{"q": {soql}}.Encode()
+	for n := 1; ; n++ {
+		body, err := c.get(ctx, op, next)
+		if err != nil {
+			return err
+		}
+		var qr queryResult
+		if err := json.Unmarshal(body, &qr); err != nil {
+			return fmt.Errorf("salesforce %s page %d: %w: %v", op, n, ErrResponse, err)
+		}
+		p := Page{Number: n, TotalSize: qr.TotalSize, Done: qr.Done, Records: make([]Record, 0, len(qr.Records))}
+		for _, raw := range qr.Records {
+			p.Records = append(p.Records, newRecord(raw))
+		}
+		c.log.Debug("salesforce: page", "op", op, "page", n, "records", len(p.Records), "total", qr.TotalSize)
+		if err := fn(p); err != nil {
+			return err
+		}
+		if qr.Done || qr.NextRecordsURL == "" {
+			return nil
+		}
+		// The locator must stay on the instance and below the data API: the
+		// bearer token goes wherever it points.
+		u, err := url.Parse(qr.NextRecordsURL)
+		if err != nil || u.Scheme != "" || u.Host != "" || !strings.HasPrefix(u.Path, "/services/data/") || strings.Contains(u.Path, "..") {
+			return fmt.Errorf("salesforce %s page %d: %w: nextRecordsUrl is not a /services/data/ path", op, n, ErrResponse)
+		}
+		if u.String() == next {
+			return fmt.Errorf("salesforce %s page %d: %w: nextRecordsUrl repeats", op, n, ErrResponse)
+		}
+		next = u.String()
+	}
+}
+
+// newRecord indexes a record's fields by name and lower-cased name.
+func newRecord(raw map[string]json.RawMessage) Record {
+	r := Record{fields: make(map[string]json.RawMessage, 2*len(raw))}
+	for k, v := range raw {
+		if k == "attributes" {
+			var a struct {
+				Type string `json:"type"`
+			}
+			if json.Unmarshal(v, &a) == nil {
+				r.Type = a.Type
+			}
+			continue
+		}
+		r.fields[k] = v
+		if lk := strings.ToLower(k); lk != k {
+			if _, dup := r.fields[lk]; !dup {
+				r.fields[lk] = v
+			}
+		}
+	}
+	return r
+}
+
+// cut shortens s to n runes and replaces control characters, so that
+// Salesforce text logs cleanly.
+func cut(s string, n int) string {
+	var b strings.Builder
+	i := 0
+	for _, r := range s {
+		if i == n {
+			b.WriteString("…")
+			break
+		}
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			r = '?'
+		}
+		b.WriteRune(r)
+		i++
+	}
+	return b.String()
+}
