@@ -52,6 +52,7 @@ commands:
   check     one decision as JSON: -channel C (-email E | -phone P | -contact ID); exit 0 allowed, 1 denied, 2 error
   import    load a Salesforce CSV export: [-object Contact] FILE.csv
   scrub     campaign list → allowed rows: -channel C -column NAME [-annotate] IN.csv
+  sync      reconcile from the Salesforce REST API: [-object Contact,Lead] [-since 2026-11-01T00:00:00Z | -since 25h]
   version   print the version
 
 Every command takes -config FILE (or CONSENTGUARD_CONFIG); secrets come from the environment.
@@ -73,6 +74,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runImport(ctx, rest, getenv, stdout, stderr)
 	case "scrub":
 		return runScrub(ctx, rest, getenv, stdout, stderr)
+	case "sync":
+		return runSync(ctx, rest, getenv, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "consentguard", version)
 		return nil
