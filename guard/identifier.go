@@ -153,7 +153,11 @@ func ParsePhone(raw, region string) (Identifier, error) {
 	if region == "" {
 		region = "DE"
 	}
-	n, err := phonenumbers.Parse(s, strings.ToUpper(region))
+	region = strings.ToUpper(region)
+	if e164, ok := fastPhone(s, region); ok {
+		return Identifier{Kind: KindPhone, Value: e164}, nil
+	}
+	n, err := phonenumbers.Parse(s, region)
 	if err != nil {
 		return bad("not a phone number")
 	}
