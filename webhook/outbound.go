@@ -10,8 +10,9 @@ import (
 )
 
 // outbound serves POST /salesforce/outbound: token (401) → size (413) →
-// decode (400) → organisation (403) → dedupe → map (400) → one Apply for
-// every new notification (500 on failure) → remember their Ids → ack.
+// decode (400) → organisation (403) → dedupe → map → one Apply for every
+// new notification that maps (500 on failure) → remember their Ids → ack,
+// or 400 naming the first notification that could not be mapped.
 // It returns the HTTP status written.
 func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 	if !h.token.equal(r.URL.Query().Get("token")) {
@@ -69,6 +70,7 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 		dup      = len(msg.Notifications) - len(keys)
 		empty    = 0
 		haveWarn = false
+		rejected = "" // the first notification that could not be mapped
 	)
 	for j, k := range keys {
 		if seen[j] {
@@ -84,9 +86,16 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 		id, _ := n.field("Id")
 		up, ws, err := h.mapping.Record(n.Object, id, n.field, opts)
 		if err != nil {
+			// The others are still written (and remembered), so that one
+			// bad notification cannot hold back its neighbours; the POST is
+			// not acked, and Salesforce's redeliveries of it cost only a
+			// dedupe lookup for the good ones.
+			done = done[:len(done)-1]
 			h.log.Info("outbound notification rejected", "org", org, "notification", n.ID, "err", err)
-			return writeFault(w, http.StatusBadRequest, "Client",
-				cut(fmt.Sprintf("notification %d (%s): %v", first[j]+1, n.ID, err), 300))
+			if rejected == "" {
+				rejected = cut(fmt.Sprintf("notification %d (%s): %v", first[j]+1, n.ID, err), 300)
+			}
+			continue
 		}
 		up.Source, up.Ref = "outbound", n.ID
 		ups = append(ups, up)
@@ -122,6 +131,9 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 	h.m.records.WithLabelValues("outbound", "empty").Add(float64(empty))
 	h.log.Debug("outbound message stored", "org", org, "notifications", len(msg.Notifications),
 		"applied", len(ups), "duplicates", dup, "empty", empty)
+	if rejected != "" {
+		return writeFault(w, http.StatusBadRequest, "Client", rejected)
+	}
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/xml; charset=utf-8")

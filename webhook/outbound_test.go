@@ -489,3 +489,35 @@ func replay(t *testing.T, seed uint64, contacts, versions int) {
 		t.Errorf("only %v duplicates skipped on redelivery", dup)
 	}
 }
+
+// One notification that cannot be mapped must not hold back the others:
+// they are written at once, the POST is not acked (400 names the bad one),
+// and Salesforce's redelivery finds the good ones already done.
+func TestOutboundBadNotificationDoesNotHoldBackOthers(t *testing.T) {
+	e := newEnv(t, Options{})
+	good1 := contactNote(t, 901, 1, "2026-11-28T09:00:00.000Z", "Ja")
+	bad := contactNote(t, 902, 2, "2026-11-28T09:00:00.000Z", "Ja")
+	bad.Fields[len(bad.Fields)-1].Value = "gestern" // SystemModstamp
+	good2 := contactNote(t, 903, 3, "2026-11-28T09:00:00.000Z", "Nein")
+	body := encodeOutbound(testOrg, []notification{good1, bad, good2})
+
+	code, b := e.outbound(t, body)
+	if code != http.StatusBadRequest || !strings.Contains(string(b), "notification 2") || strings.Contains(string(b), "<Ack>") {
+		t.Fatalf("POST with one bad notification: %d %s", code, b)
+	}
+	if d := e.check(t, guard.Email, guard.KindEmail, "kontakt1@example.de"); !d.Allowed {
+		t.Fatalf("good notification 1 not written: %+v", d)
+	}
+	if d := e.check(t, guard.Email, guard.KindEmail, "kontakt3@example.de"); d.Reason != guard.ReasonDenied {
+		t.Fatalf("good notification 3 not written: %+v", d)
+	}
+	if _, ok := e.record(t, sfid(t, "003", 2)); ok {
+		t.Fatal("the bad notification was written")
+	}
+	_, applied, _ := e.store.counts()
+	// Redelivery: the good ones are deduplicated, the bad one is still refused.
+	code, _ = e.outbound(t, body)
+	if _, applied2, _ := e.store.counts(); code != http.StatusBadRequest || applied2 != applied {
+		t.Fatalf("redelivery: %d, applied %d → %d", code, applied, applied2)
+	}
+}
