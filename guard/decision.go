@@ -56,12 +56,42 @@ type RecordRef struct {
 	Reason  Reason `json:"reason"`
 }
 
-// VersionString renders a version the way Salesforce does (UTC, millis).
+// VersionString renders a version the way Salesforce does (UTC, millis):
+// 2026-11-28T09:15:02.000Z. It runs once per record of every decision, so
+// it formats by hand rather than through time.Format.
 func VersionString(t time.Time) string {
 	if t.IsZero() {
 		return ""
 	}
-	return t.UTC().Format("2006-01-02T15:04:05.000Z")
+	t = t.UTC()
+	y, mo, d := t.Date()
+	h, mi, s := t.Clock()
+	if y < 0 || y > 9999 {
+		return t.Format("2006-01-02T15:04:05.000Z07:00")
+	}
+	ms := t.Nanosecond() / 1e6
+	var b [24]byte
+	put := func(i, v, n int) {
+		for j := i + n - 1; j >= i; j-- {
+			b[j] = byte('0' + v%10)
+			v /= 10
+		}
+	}
+	put(0, y, 4)
+	b[4] = '-'
+	put(5, int(mo), 2)
+	b[7] = '-'
+	put(8, d, 2)
+	b[10] = 'T'
+	put(11, h, 2)
+	b[13] = ':'
+	put(14, mi, 2)
+	b[16] = ':'
+	put(17, s, 2)
+	b[19] = '.'
+	put(20, ms, 3)
+	b[23] = 'Z'
+	return string(b[:])
 }
 
 // Decide applies decision rules 2–4 of DESIGN.md to the records found for

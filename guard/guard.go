@@ -100,15 +100,48 @@ func (g *Guard) Parse(k Kind, raw string) (Identifier, error) {
 // time, ErrInvalidIdentifier (reason invalid_identifier) for a zero
 // Identifier.
 func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision, error) {
-	ds, err := g.CheckBatch(ctx, ch, []Identifier{id})
-	if len(ds) != 1 {
-		// CheckBatch always answers one decision per identifier.
-		return g.deny(ch, id, ReasonStoreUnavailable), fmt.Errorf("%w: short answer", ErrUnavailable)
+	if int(ch) >= NumChannels {
+		d := g.deny(ch, id, ReasonInvalidIdentifier)
+		return d, fmt.Errorf("%w: %d", ErrInvalidChannel, uint8(ch))
 	}
-	if err == nil && ds[0].Reason == ReasonInvalidIdentifier {
-		err = fmt.Errorf("%w: empty identifier", ErrInvalidIdentifier)
+	if id.Kind == 0 || id.Value == "" {
+		d := g.deny(ch, id, ReasonInvalidIdentifier)
+		g.emit1(d)
+		return d, fmt.Errorf("%w: empty identifier", ErrInvalidIdentifier)
 	}
-	return ds[0], err
+	ids := [1]Identifier{id}
+	recs, err := g.lookup(ctx, ch, ids[:])
+	if err != nil {
+		d := g.deny(ch, id, ReasonStoreUnavailable)
+		g.emit1(d)
+		return d, err
+	}
+	d := Decide(g.vocab, ch, recs[0])
+	d.Identifier = id
+	d.At = g.now()
+	g.emit1(d)
+	return d, nil
+}
+
+// lookup asks the store under the guard's timeout and turns every failure
+// into ErrUnavailable.
+func (g *Guard) lookup(ctx context.Context, ch Channel, ids []Identifier) ([][]Record, error) {
+	lctx, cancel := context.WithTimeout(ctx, g.timeout)
+	recs, err := g.store.Lookup(lctx, ids)
+	cancel()
+	if err == nil && len(recs) != len(ids) {
+		err = fmt.Errorf("store answered %d of %d lookups", len(recs), len(ids))
+	}
+	if err == nil {
+		return recs, nil
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+	} else if !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	g.log.Warn("consent lookup failed; denying", "channel", ch.String(), "count", len(ids), "err", err)
+	return nil, err
 }
 
 // CheckBatch decides for many identifiers with one store lookup. It returns
@@ -138,19 +171,8 @@ func (g *Guard) CheckBatch(ctx context.Context, ch Channel, ids []Identifier) ([
 		g.emit(out)
 		return out, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, g.timeout)
-	recs, err := g.store.Lookup(lctx, ask)
-	cancel()
-	if err == nil && len(recs) != len(ask) {
-		err = fmt.Errorf("store answered %d of %d lookups", len(recs), len(ask))
-	}
+	recs, err := g.lookup(ctx, ch, ask)
 	if err != nil {
-		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-			err = fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
-		} else if !errors.Is(err, ErrUnavailable) {
-			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		g.log.Warn("consent lookup failed; denying", "channel", ch.String(), "count", len(ask), "err", err)
 		for _, i := range pos {
 			out[i] = g.deny(ch, ids[i], ReasonStoreUnavailable)
 		}
@@ -170,6 +192,12 @@ func (g *Guard) CheckBatch(ctx context.Context, ch Channel, ids []Identifier) ([
 
 func (g *Guard) deny(ch Channel, id Identifier, r Reason) Decision {
 	return Decision{Channel: ch, Reason: r, Records: []RecordRef{}, Identifier: id, At: g.now()}
+}
+
+func (g *Guard) emit1(d Decision) {
+	if g.observe != nil {
+		g.observe(d)
+	}
 }
 
 func (g *Guard) emit(ds []Decision) {

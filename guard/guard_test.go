@@ -241,3 +241,19 @@ func TestCheckBatch(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionString(t *testing.T) {
+	for _, tm := range []time.Time{
+		time.Date(2026, 11, 28, 9, 15, 2, 0, time.UTC),
+		time.Date(2026, 1, 2, 3, 4, 5, 678_900_000, time.UTC),
+		time.Date(1999, 12, 31, 23, 59, 59, 999_999_999, time.FixedZone("CET", 3600)),
+		time.UnixMilli(1),
+	} {
+		if got, want := guard.VersionString(tm), tm.UTC().Format("2006-01-02T15:04:05.000Z"); got != want {
+			t.Errorf("VersionString(%v) = %s, want %s", tm, got, want)
+		}
+	}
+	if guard.VersionString(time.Time{}) != "" {
+		t.Error("zero time should render empty")
+	}
+}

@@ -283,10 +283,16 @@ func (e errorLog) Printf(format string, v ...any) {
 
 func (e errorLog) Println(v ...any) { e.log.Warn("smtp server: " + fmt.Sprint(v...)) }
 
-// metrics of the relay.
+// metrics of the relay. The counters for known results are resolved once,
+// so that counting is an atomic add, not a label lookup.
 type metrics struct {
 	rcpts    *prometheus.CounterVec
 	messages *prometheus.CounterVec
+
+	rcptBy           map[guard.Reason]prometheus.Counter // guard reasons
+	upstreamRejected prometheus.Counter                  // recipient refused by the upstream
+
+	relayed, msgRejected, msgUnavailable, tooLarge, aborted prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -304,7 +310,30 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rcpts = register(reg, m.rcpts)
 		m.messages = register(reg, m.messages)
 	}
+	m.rcptBy = map[guard.Reason]prometheus.Counter{}
+	for _, r := range []guard.Reason{
+		guard.ReasonGranted, guard.ReasonDenied, guard.ReasonPending, guard.ReasonMissing,
+		guard.ReasonStorageDenied, guard.ReasonUnknownContact, guard.ReasonStoreUnavailable,
+		guard.ReasonInvalidIdentifier,
+	} {
+		m.rcptBy[r] = m.rcpts.WithLabelValues(string(r))
+	}
+	m.upstreamRejected = m.rcpts.WithLabelValues("upstream_rejected")
+	m.relayed = m.messages.WithLabelValues("relayed")
+	m.msgRejected = m.messages.WithLabelValues("upstream_rejected")
+	m.msgUnavailable = m.messages.WithLabelValues("upstream_unavailable")
+	m.tooLarge = m.messages.WithLabelValues("too_large")
+	m.aborted = m.messages.WithLabelValues("aborted")
 	return m
+}
+
+// rcpt counts one recipient under the guard's reason.
+func (m *metrics) rcpt(r guard.Reason) {
+	if c, ok := m.rcptBy[r]; ok {
+		c.Inc()
+		return
+	}
+	m.rcpts.WithLabelValues(string(r)).Inc()
 }
 
 // register registers c, or reuses the collector already registered under

@@ -24,7 +24,7 @@ type backend struct{ s *Server }
 // again after STARTTLS.
 func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	s := b.s
-	ss := &session{s: s, helo: c.Hostname(), tc: tracked(c.Conn())}
+	ss := &session{s: s, helo: traceHelo(c.Hostname()), tc: tracked(c.Conn())}
 	if addr, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		ss.ip = addr.IP.String()
 	}
@@ -40,7 +40,7 @@ type session struct {
 	s    *Server
 	log  *slog.Logger
 	tc   *trackedConn
-	helo string
+	helo string // the client's EHLO name, cleaned for the Received: header
 	ip   string
 	tls  bool
 	user string // authenticated user, "" if none
@@ -121,24 +121,24 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		d, err = ss.s.g.Check(ctx, guard.Email, id)
 	}
 	if e := rcptReply(to, d, err); e != nil {
-		result := string(d.Reason)
+		result := d.Reason
 		switch {
 		case errors.Is(err, guard.ErrInvalidIdentifier):
-			result = string(guard.ReasonInvalidIdentifier)
+			result = guard.ReasonInvalidIdentifier
 		case err != nil:
-			result = string(guard.ReasonStoreUnavailable)
+			result = guard.ReasonStoreUnavailable
 		}
-		ss.s.metrics.rcpts.WithLabelValues(result).Inc()
-		ss.log.Info("recipient refused", "rcpt", guard.Mask(guard.KindEmail, to), "reason", result, "reply", e.Code)
+		ss.s.metrics.rcpt(result)
+		ss.log.Info("recipient refused", "rcpt", guard.Mask(guard.KindEmail, to), "reason", string(result), "reply", e.Code)
 		return e
 	}
 	if e := ss.forward(ctx, to); e != nil {
-		ss.s.metrics.rcpts.WithLabelValues("upstream_rejected").Inc()
+		ss.s.metrics.upstreamRejected.Inc()
 		ss.log.Info("recipient refused by upstream", "rcpt", guard.Mask(guard.KindEmail, to), "reply", e.Code)
 		return e
 	}
 	ss.accepted++
-	ss.s.metrics.rcpts.WithLabelValues(string(d.Reason)).Inc()
+	ss.s.metrics.rcpt(d.Reason)
 	if ss.log.Enabled(ctx, slog.LevelDebug) {
 		ss.log.Debug("recipient accepted", "rcpt", d.Identifier, "records", len(d.Records))
 	}
@@ -232,40 +232,47 @@ func (ss *session) Data(r io.Reader) error {
 	// With BDAT, go-smtp runs Data in its own goroutine and a RSET may
 	// reset the session meanwhile: read what is needed now.
 	recipients, trace := ss.accepted, ss.traceHeader()
+	m := ss.s.metrics
 	if u == nil || ss.broken {
 		if u != nil {
 			u.close()
 		}
-		ss.s.metrics.messages.WithLabelValues("upstream_unavailable").Inc()
+		m.msgUnavailable.Inc()
 		return errUpstreamLost()
 	}
-	start := time.Now()
+	var start time.Time
+	debug := ss.log.Enabled(context.Background(), slog.LevelDebug)
+	if debug {
+		start = time.Now()
+	}
 	final, readErr, err := u.send(trace, r)
 	switch {
 	case readErr != nil:
 		// u is closed: the upstream never saw an end of data.
 		if errors.Is(readErr, smtp.ErrDataTooLarge) {
-			ss.s.metrics.messages.WithLabelValues("too_large").Inc()
+			m.tooLarge.Inc()
 			ss.log.Info("message too large", "limit", ss.s.opts.MaxMessageBytes)
 			return errTooLarge()
 		}
-		ss.s.metrics.messages.WithLabelValues("aborted").Inc()
+		m.aborted.Inc()
 		ss.log.Info("message transfer aborted by client", "err", readErr)
 		return errAborted()
 	case err != nil:
 		u.close()
-		ss.s.metrics.messages.WithLabelValues("upstream_unavailable").Inc()
+		m.msgUnavailable.Inc()
 		ss.log.Warn("upstream lost during DATA", "upstream", ss.s.opts.Upstream, "err", err)
 		return errUpstreamLost()
 	}
 	ss.s.up.put(u)
 	if !final.ok() {
-		ss.s.metrics.messages.WithLabelValues("upstream_rejected").Inc()
+		m.msgRejected.Inc()
 		ss.log.Info("message refused by upstream", "reply", final.code, "recipients", recipients)
 		return upstreamReply(final)
 	}
-	ss.s.metrics.messages.WithLabelValues("relayed").Inc()
-	ss.log.Debug("message relayed", "recipients", recipients, "took", time.Since(start))
+	m.relayed.Inc()
+	if debug {
+		ss.log.Debug("message relayed", "recipients", recipients, "took", time.Since(start))
+	}
 	return nil
 }
 
@@ -278,43 +285,47 @@ func maskUser(u string) string {
 	return printable(u, 64)
 }
 
-// traceHeader is the Received: header (RFC 5321 section 4.4) and, when
-// configured, X-Consent-Guard.
-func (ss *session) traceHeader() string {
-	proto := "ESMTP"
-	if ss.tls {
-		proto += "S"
-	}
-	if ss.user != "" {
-		proto += "A"
-	}
-	helo := strings.Map(func(r rune) rune {
+// traceHelo keeps the characters of an EHLO name that may stand in a
+// Received: header, at most 255 of them.
+func traceHelo(helo string) string {
+	helo = strings.Map(func(r rune) rune {
 		if r > ' ' && r < 0x7f && r != '(' && r != ')' && r != ';' {
 			return r
 		}
 		return -1
-	}, ss.helo)
+	}, helo)
 	if len(helo) > 255 {
 		helo = helo[:255]
 	}
-	var b strings.Builder
-	b.WriteString("Received: from ")
-	b.WriteString(helo)
-	b.WriteString(" ([")
-	b.WriteString(ss.ip)
-	b.WriteString("])\r\n\tby ")
-	b.WriteString(ss.s.opts.Domain)
-	b.WriteString(" (consentguard) with ")
-	b.WriteString(proto)
-	b.WriteString(";\r\n\t")
-	b.WriteString(time.Now().Format(time.RFC1123Z))
-	b.WriteString("\r\n")
-	if ss.s.opts.AddConsentHeader {
-		b.WriteString("X-Consent-Guard: email consent checked for every recipient by ")
-		b.WriteString(ss.s.opts.Domain)
-		b.WriteString("\r\n")
+	return helo
+}
+
+// traceHeader is the Received: header (RFC 5321 section 4.4) and, when
+// configured, X-Consent-Guard.
+func (ss *session) traceHeader() []byte {
+	b := make([]byte, 0, 160+len(ss.helo)+len(ss.s.opts.Domain))
+	b = append(b, "Received: from "...)
+	b = append(b, ss.helo...)
+	b = append(b, " (["...)
+	b = append(b, ss.ip...)
+	b = append(b, "])\r\n\tby "...)
+	b = append(b, ss.s.opts.Domain...)
+	b = append(b, " (consentguard) with ESMTP"...)
+	if ss.tls {
+		b = append(b, 'S')
 	}
-	return b.String()
+	if ss.user != "" {
+		b = append(b, 'A')
+	}
+	b = append(b, ";\r\n\t"...)
+	b = time.Now().AppendFormat(b, time.RFC1123Z)
+	b = append(b, "\r\n"...)
+	if ss.s.opts.AddConsentHeader {
+		b = append(b, "X-Consent-Guard: email consent checked for every recipient by "...)
+		b = append(b, ss.s.opts.Domain...)
+		b = append(b, "\r\n"...)
+	}
+	return b
 }
 
 // Reset implements smtp.Session (RSET, a new EHLO, and after every DATA).

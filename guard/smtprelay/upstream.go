@@ -49,6 +49,9 @@ type upConn struct {
 	bw      *bufio.Writer
 	ext     map[string]string
 	timeout time.Duration
+	// pipelining and chunking: the upstream offers PIPELINING (RFC 2920)
+	// and CHUNKING (RFC 3030); with both, messages go out as BDAT.
+	pipelining, chunking bool
 	// dirty: a transaction was started and not finished; RSET before the
 	// next MAIL.
 	dirty bool
@@ -96,12 +99,15 @@ func (u *upConn) read() (reply, error) {
 func parseReply(code int, msg string) reply {
 	r := reply{code: code, msg: msg}
 	first, rest, _ := strings.Cut(msg, " ")
-	parts := strings.Split(first, ".")
-	if len(parts) != 3 {
-		return r
-	}
 	var enh smtp.EnhancedCode
-	for i, p := range parts {
+	for i := range enh {
+		p := first
+		if i < len(enh)-1 {
+			var ok bool
+			if p, first, ok = strings.Cut(first, "."); !ok {
+				return r
+			}
+		}
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 0 || n > 999 {
 			return r
@@ -109,7 +115,12 @@ func parseReply(code int, msg string) reply {
 		enh[i] = n
 	}
 	r.enh = enh
-	r.msg = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
+	if strings.IndexByte(rest, '\n') >= 0 {
+		prefix, _, _ := strings.Cut(msg, " ")
+		r.msg = strings.ReplaceAll(rest, "\n"+prefix+" ", "\n")
+	} else {
+		r.msg = rest
+	}
 	return r
 }
 
@@ -119,7 +130,7 @@ func parseReply(code int, msg string) reply {
 func (u *upConn) exchange(cmds ...string) ([]reply, error) {
 	u.deadline()
 	out := make([]reply, 0, len(cmds))
-	pipe := u.has("PIPELINING")
+	pipe := u.pipelining
 	for i, c := range cmds {
 		u.bw.WriteString(c)
 		u.bw.WriteString("\r\n")
@@ -155,6 +166,7 @@ func (u *upConn) hello(name string) error {
 			return fmt.Errorf("%w: HELO answered %d", errProtocol, r.code)
 		}
 		u.ext = map[string]string{}
+		u.pipelining, u.chunking = false, false
 		return nil
 	}
 	u.ext = map[string]string{}
@@ -163,6 +175,7 @@ func (u *upConn) hello(name string) error {
 		k, v, _ := strings.Cut(strings.TrimSpace(l), " ")
 		u.ext[strings.ToUpper(k)] = v
 	}
+	u.pipelining, u.chunking = u.has("PIPELINING"), u.has("CHUNKING")
 	return nil
 }
 
@@ -175,6 +188,7 @@ type upstream struct {
 	user, pass string
 	name       string // our EHLO name
 	timeout    time.Duration
+	noChunking bool // never use BDAT (tests of the DATA path)
 	maxIdle    int
 	idleFor    time.Duration
 
@@ -243,6 +257,9 @@ func (p *upstream) dial(ctx context.Context) (*upConn, error) {
 	if err != nil {
 		nc.Close()
 		return nil, err
+	}
+	if p.noChunking {
+		u.chunking = false
 	}
 	return u, nil
 }
@@ -369,22 +386,33 @@ func (u *upConn) mailParams(opts *smtp.MailOptions) string {
 	return b.String()
 }
 
-// dotWriter writes a message body in the DATA format (RFC 5321 section
-// 4.5.2): leading dots are doubled, and every line ends in CRLF. A bare CR
-// or a bare LF is turned into CRLF, so the upstream sees exactly the lines
-// the relay saw and can find no end-of-data marker inside the message.
-type dotWriter struct {
-	w   *bufio.Writer
-	bol bool // at the beginning of a line
-	cr  bool // a CR was seen and not yet written
-	n   int64
+// bodyWriter is where a lineWriter puts its output: the connection's
+// bufio.Writer (DATA) or a chunk buffer (BDAT).
+type bodyWriter interface {
+	io.Writer
+	io.ByteWriter
+	io.StringWriter
 }
 
-func newDotWriter(w *bufio.Writer) *dotWriter { return &dotWriter{w: w, bol: true} }
+// lineWriter writes a message body with every line ended in CRLF: a bare
+// CR or a bare LF is turned into CRLF, so the upstream sees exactly the
+// lines the relay saw and can find no end-of-data marker inside the
+// message. For DATA (stuff set) leading dots are doubled as well (RFC 5321
+// section 4.5.2); BDAT (RFC 3030) sends the lines as they are. A message
+// of CRLF lines passes unchanged.
+type lineWriter struct {
+	w     bodyWriter
+	stuff bool
+	bol   bool // at the beginning of a line
+	cr    bool // a CR was seen and not yet written
+}
 
-func (d *dotWriter) Write(p []byte) (int, error) {
+func newLineWriter(w bodyWriter, stuff bool) *lineWriter {
+	return &lineWriter{w: w, stuff: stuff, bol: true}
+}
+
+func (d *lineWriter) Write(p []byte) (int, error) {
 	n := len(p)
-	d.n += int64(n)
 	for len(p) > 0 {
 		if d.cr {
 			d.cr = false
@@ -395,7 +423,7 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 				continue
 			}
 		}
-		if d.bol && p[0] == '.' {
+		if d.stuff && d.bol && p[0] == '.' {
 			d.w.WriteByte('.')
 		}
 		i := bytes.IndexAny(p, "\r\n")
@@ -420,20 +448,53 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// end finishes the last line and writes the end-of-data marker.
-func (d *dotWriter) end() error {
+// finish ends the last line with CRLF if it has none.
+func (d *lineWriter) finish() {
 	if d.cr || !d.bol {
 		d.w.WriteString("\r\n")
+		d.cr, d.bol = false, true
 	}
-	d.w.WriteString(".\r\n")
-	return d.w.Flush()
 }
 
-// send streams one message: DATA, the trace header, the body, the final
-// dot. A read error from body (message too large, client gone) closes the
-// connection without the final dot, so the upstream discards the partial
-// message; it is returned as readErr. Any other error is the upstream's.
-func (u *upConn) send(header string, body io.Reader) (final reply, readErr, err error) {
+// chunk is a growable byte buffer for one BDAT chunk.
+type chunk struct{ b []byte }
+
+func (c *chunk) Write(p []byte) (int, error)       { c.b = append(c.b, p...); return len(p), nil }
+func (c *chunk) WriteString(s string) (int, error) { c.b = append(c.b, s...); return len(s), nil }
+func (c *chunk) WriteByte(b byte) error            { c.b = append(c.b, b); return nil }
+
+// Message transfer buffers: the read buffer for the client's body and, for
+// BDAT, the chunk being assembled. Pooled: a fresh 32 KiB per message was
+// most of the relay's garbage.
+const (
+	readBufSize = 32 << 10
+	chunkSize   = 64 << 10 // a BDAT chunk is sent once it holds this much
+	// maxPendingChunks bounds the BDAT chunks sent before their replies are
+	// read, so that neither side can block on a full socket buffer.
+	maxPendingChunks = 8
+)
+
+var (
+	readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+	chunks   = sync.Pool{New: func() any { return &chunk{b: make([]byte, 0, chunkSize+2*readBufSize)} }}
+)
+
+// send streams one message: the trace header, then the body, as BDAT
+// chunks when the upstream offers CHUNKING and PIPELINING (one round trip
+// for a message that fits in a chunk) or else as DATA with the final dot.
+// A read error from body (message too large, client gone) closes the
+// connection without ending the message, so the upstream discards the
+// partial message; it is returned as readErr. Any other error is the
+// upstream's.
+func (u *upConn) send(header []byte, body io.Reader) (final reply, readErr, err error) {
+	if u.chunking && u.pipelining {
+		return u.sendBDAT(header, body)
+	}
+	return u.sendDATA(header, body)
+}
+
+// sendDATA sends the message with DATA (RFC 5321 section 4.5.2).
+func (u *upConn) sendDATA(header []byte, body io.Reader) (final reply, readErr, err error) {
 	rs, err := u.exchange("DATA")
 	if err != nil {
 		return reply{}, nil, err
@@ -443,14 +504,16 @@ func (u *upConn) send(header string, body io.Reader) (final reply, readErr, err 
 		return rs[0], nil, nil
 	}
 	_ = u.nc.SetDeadline(time.Time{})
-	dw := newDotWriter(u.bw)
-	dw.Write([]byte(header))
-	buf := make([]byte, 32*1024)
+	lw := newLineWriter(u.bw, true)
+	lw.Write(header)
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := *bp
 	for {
 		_ = u.nc.SetWriteDeadline(time.Now().Add(u.timeout))
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			dw.Write(buf[:n])
+			lw.Write(buf[:n])
 		}
 		if rerr == io.EOF {
 			break
@@ -461,10 +524,111 @@ func (u *upConn) send(header string, body io.Reader) (final reply, readErr, err 
 		}
 	}
 	u.deadline()
-	if err := dw.end(); err != nil {
+	lw.finish()
+	u.bw.WriteString(".\r\n")
+	if err := u.bw.Flush(); err != nil {
 		return reply{}, nil, err
 	}
 	r, err := u.read()
 	u.dirty = false // accepted or refused, the transaction is over
 	return r, nil, err
+}
+
+// sendBDAT sends the message in BDAT chunks (RFC 3030), pipelined: a
+// chunk's reply is read only when maxPendingChunks are outstanding or at
+// the end. The first failed chunk's reply is the final reply; no more
+// chunks follow it, and the connection gets a RSET before its next
+// transaction.
+func (u *upConn) sendBDAT(header []byte, body io.Reader) (final reply, readErr, err error) {
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := *bp
+	c := chunks.Get().(*chunk)
+	defer func() {
+		if cap(c.b) <= chunkSize+2*readBufSize {
+			c.b = c.b[:0]
+			chunks.Put(c)
+		}
+	}()
+	c.b = c.b[:0]
+	lw := newLineWriter(c, false)
+	lw.Write(header)
+	pending := 0
+	// collect reads n outstanding replies; failed is the first non-2xx.
+	var failed *reply
+	collect := func(n int) error {
+		if err := u.bw.Flush(); err != nil {
+			return err
+		}
+		for ; n > 0; n-- {
+			r, err := u.read()
+			if err != nil {
+				return err
+			}
+			pending--
+			final = r
+			if !r.ok() && failed == nil {
+				failed = &r
+			}
+		}
+		return nil
+	}
+	_ = u.nc.SetDeadline(time.Time{})
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			lw.Write(buf[:n])
+		}
+		if rerr != nil && rerr != io.EOF {
+			u.close()
+			return reply{}, rerr, nil
+		}
+		last := rerr == io.EOF
+		if last {
+			lw.finish()
+		}
+		if !last && len(c.b) < chunkSize {
+			continue
+		}
+		if pending >= maxPendingChunks {
+			u.deadline()
+			if err := collect(1); err != nil {
+				return reply{}, nil, err
+			}
+		}
+		if failed != nil {
+			// The upstream refused a chunk: the transaction has failed.
+			// The rest of the body is left for go-smtp to discard.
+			break
+		}
+		_ = u.nc.SetWriteDeadline(time.Now().Add(u.timeout))
+		u.bdat(c.b, last)
+		pending++
+		c.b = c.b[:0]
+		if last {
+			break
+		}
+	}
+	u.deadline()
+	if err := collect(pending); err != nil {
+		return reply{}, nil, err
+	}
+	if failed != nil {
+		u.dirty = true // RFC 3030: RSET after a failed BDAT
+		return *failed, nil, nil
+	}
+	u.dirty = false
+	return final, nil, nil
+}
+
+// bdat writes one BDAT command and its chunk.
+func (u *upConn) bdat(b []byte, last bool) {
+	var num [24]byte
+	u.bw.WriteString("BDAT ")
+	u.bw.Write(strconv.AppendInt(num[:0], int64(len(b)), 10))
+	if last {
+		u.bw.WriteString(" LAST")
+	}
+	u.bw.WriteString("\r\n")
+	u.bw.Write(b)
 }
