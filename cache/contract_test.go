@@ -30,6 +30,9 @@ type backend struct {
 	tweak func(*cache.Store)
 	// embedded: miniredis, whose DUMP only handles strings.
 	embedded bool
+	// path is the read path the store must be on after Init (LookupPath),
+	// so a suite never silently runs another path than it names.
+	path string
 }
 
 func (b backend) store(tb testing.TB, opts cache.Options) *cache.Store {
@@ -44,18 +47,21 @@ func (b backend) store(tb testing.TB, opts cache.Options) *cache.Store {
 	if err := st.Init(context.Background()); err != nil {
 		tb.Fatalf("Init: %v", err)
 	}
+	if got := cache.LookupPath(st); b.path != "" && got != b.path {
+		tb.Fatalf("lookup path after Init = %q, want %q", got, b.path)
+	}
 	return st
 }
 
 // realBackends gives a fresh (flushed) database on one real redis-server.
-func realBackends(t *testing.T, tweak func(*cache.Store)) func(*testing.T) backend {
+func realBackends(t *testing.T, tweak func(*cache.Store), path string) func(*testing.T) backend {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	return func(t *testing.T) backend {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 			t.Fatalf("FLUSHALL: %v", err)
 		}
-		return backend{rdb: rdb, tweak: tweak}
+		return backend{rdb: rdb, tweak: tweak, path: path}
 	}
 }
 
@@ -66,14 +72,21 @@ func embeddedBackends(t *testing.T) func(*testing.T) backend {
 			t.Fatalf("NewEmbedded: %v", err)
 		}
 		t.Cleanup(e.Close)
-		return backend{rdb: e.Client(), embedded: true}
+		return backend{rdb: e.Client(), embedded: true, path: "script"}
 	}
 }
 
-func TestContractRedis(t *testing.T) { runContract(t, realBackends(t, nil)) }
+// TestContractRedis runs the suite on the SORT_RO read path.
+func TestContractRedis(t *testing.T) { runContract(t, realBackends(t, nil, "sort")) }
+
+// TestContractRedisScriptLookup forces the Lua read path, the fallback for a
+// Redis that refuses SORT_RO with GET patterns.
+func TestContractRedisScriptLookup(t *testing.T) {
+	runContract(t, realBackends(t, cache.UseScriptLookup, "script"))
+}
 
 func TestContractRedisClusterLookup(t *testing.T) {
-	runContract(t, realBackends(t, cache.UseClusterLookup))
+	runContract(t, realBackends(t, cache.UseClusterLookup, "cluster"))
 }
 
 func TestContractEmbedded(t *testing.T) { runContract(t, embeddedBackends(t)) }

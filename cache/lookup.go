@@ -44,9 +44,16 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 	}
 	var stale []pair
 	var err error
-	if s.cluster {
+	switch {
+	case s.cluster:
 		stale, err = s.lookupCluster(ctx, ids, out)
-	} else {
+	case s.useSort():
+		stale, err = s.lookupSorted(ctx, ids, out)
+		if r, ok := err.(errSortRefused); ok {
+			s.disableSort(r.err)
+			stale, err = s.lookupScripted(ctx, ids, out)
+		}
+	default:
 		stale, err = s.lookupScripted(ctx, ids, out)
 	}
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -58,6 +59,12 @@ type Store struct {
 	key     []byte
 	err     error // configuration error: every call fails closed with it
 	macs    sync.Pool
+
+	// SORT_RO GET patterns (prefix+"{*}:r->l", "->i"), boxed once; nil
+	// when the prefix cannot go into a pattern. sortOff is set for good
+	// once Redis refuses SORT_RO (see sortlookup.go).
+	sortPatL, sortPatI any
+	sortOff            atomic.Bool
 }
 
 var _ guard.Store = (*Store)(nil)
@@ -104,6 +111,10 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		s.err = fmt.Errorf("%w: key prefix %q must not contain '{' or '}'", ErrConfig, s.prefix)
 	}
 	s.macs.New = func() any { return hmac.New(sha256.New, s.key) }
+	if sortUsable(s.prefix) {
+		s.sortPatL = s.prefix + "{*}:r->l"
+		s.sortPatI = s.prefix + "{*}:r->i"
+	}
 	return s
 }
 
@@ -113,7 +124,8 @@ const fingerprintLabel = "consentguard-fingerprint"
 // Init checks the configuration, records the hash key's fingerprint in
 // Redis (prefix + "meta", field "fingerprint") unless one is there, and
 // refuses with an error wrapping guard.ErrHashKeyMismatch when the stored
-// fingerprint belongs to another key. It also loads the Lua scripts.
+// fingerprint belongs to another key. It also loads the Lua scripts and
+// learns whether Redis allows the SORT_RO read path (see Lookup).
 func (s *Store) Init(ctx context.Context) error {
 	if s.err != nil {
 		return s.err
@@ -137,6 +149,9 @@ func (s *Store) Init(ctx context.Context) error {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("cache: load script: %w", err)
 		}
+	}
+	if err := s.probeSort(ctx); err != nil {
+		return fmt.Errorf("cache: init: %w", err)
 	}
 	return nil
 }

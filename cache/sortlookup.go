@@ -1,0 +1,298 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/consentguard/consentguard/guard"
+)
+
+// The read path on a standalone or Sentinel-managed Redis (see Lookup):
+//
+//	SORT_RO <prefix>i:<hash> BY nosort GET # GET <prefix>{*}:r->l GET <prefix>{*}:r->i
+//
+// answers, for every record Id in the index set, the Id, the record's lookup
+// line and its identifier hashes (nil for a missing field or record) in one
+// native command that costs Redis about what an HGET costs. The index
+// entries are verified here in Go, exactly as the Lua script does it. A
+// record Id reads HGET <prefix>{<Id>}:r l. A batch is one pipeline.
+//
+// SORT with BY/GET patterns needs Redis >= 7.0 (SORT_RO) and, under ACLs, a
+// user with access to every key: Redis refuses GET patterns to a user
+// restricted to key patterns such as ~cg:*. Where it is refused, the store
+// falls back to the read-only Lua script for good (sortOff).
+
+// sortArgs are the SORT_RO arguments after the key.
+const sortArgCount = 10
+
+// sortUsable reports whether prefix can go into a SORT GET pattern: Redis
+// substitutes the member for the pattern's first '*' and reads the pattern
+// as a C string.
+func sortUsable(prefix string) bool { return !strings.ContainsAny(prefix, "*\x00") }
+
+// useSort reports whether lookups go through SORT_RO.
+func (s *Store) useSort() bool { return s.sortPatL != nil && !s.sortOff.Load() }
+
+// disableSort switches lookups to the Lua script for the life of the Store,
+// logging why once.
+func (s *Store) disableSort(err error) {
+	if s.sortOff.CompareAndSwap(false, true) {
+		msg := err.Error()
+		if len(msg) > 120 {
+			msg = msg[:120]
+		}
+		s.log.Warn("cache: SORT_RO with GET patterns is not available on this Redis (needs Redis >= 7.0 and, with ACLs, a user allowed all keys); lookups use the slower Lua script", "reason", msg)
+	}
+}
+
+// probeSort runs a SORT_RO with GET patterns on a key that never exists, to
+// learn before serving whether this Redis (version, ACL user) allows it.
+// A refusal switches to the Lua path; any other error is returned.
+func (s *Store) probeSort(ctx context.Context) error {
+	if s.cluster || !s.useSort() {
+		return nil
+	}
+	cmd := s.sortCmd(ctx, s.prefix+"i:probe")
+	err := s.rdb.Process(ctx, cmd)
+	switch {
+	case err == nil:
+		return nil
+	case sortRefused(err):
+		s.disableSort(err)
+		return nil
+	}
+	return err
+}
+
+// sortRefused reports whether err is Redis refusing the SORT_RO command
+// itself: unknown command (Redis < 7.0, miniredis), NOPERM, "GET option of
+// SORT denied …" (ACL key restrictions, cluster mode) or a syntax error from
+// a Redis-compatible server that lacks BY/GET. Transient conditions and
+// data errors (WRONGTYPE) are not refusals: they fail the lookup instead.
+func sortRefused(err error) bool {
+	var re redis.Error
+	if err == nil || err == redis.Nil || !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "WRONGTYPE", "NOAUTH", "WRONGPASS", "OOM", "ERR max number of clients"} {
+		if strings.HasPrefix(msg, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// sortCmd builds SORT_RO key BY nosort GET # GET <l pattern> GET <i pattern>.
+func (s *Store) sortCmd(ctx context.Context, key string) *redis.StringSliceCmd {
+	args := make([]any, sortArgCount)
+	args[0], args[1], args[2], args[3] = "sort_ro", key, "by", "nosort"
+	args[4], args[5], args[6], args[7] = "get", "#", "get", s.sortPatL
+	args[8], args[9] = "get", s.sortPatI
+	return redis.NewStringSliceCmd(ctx, args...)
+}
+
+// sortLookup is one identifier's command: exactly one of the two is set.
+type sortLookup struct {
+	set  *redis.StringSliceCmd // SORT_RO of an index key
+	line *redis.StringCmd      // HGET l of a record key
+	hash string                // the identifier hash (index lookups)
+}
+
+func (s *Store) sortLookupOf(ctx context.Context, id guard.Identifier) (sortLookup, bool) {
+	switch id.Kind {
+	case guard.KindEmail, guard.KindPhone:
+		if id.Value == "" {
+			return sortLookup{}, false
+		}
+		key := s.indexKeyOf(id)
+		return sortLookup{set: s.sortCmd(ctx, key), hash: key[len(s.prefix)+2:]}, true
+	case guard.KindRecordID:
+		rid, err := recordID(id.Value)
+		if err != nil {
+			return sortLookup{}, false
+		}
+		return sortLookup{line: redis.NewStringCmd(ctx, "hget", s.recordKey(rid), "l")}, true
+	}
+	return sortLookup{}, false
+}
+
+// cmd is the lookup's command, nil (a nil interface) for none.
+func (l *sortLookup) cmd() redis.Cmder {
+	switch {
+	case l.set != nil:
+		return l.set
+	case l.line != nil:
+		return l.line
+	}
+	return nil
+}
+
+// errSortRefused wraps the Redis error that made lookupSorted give up.
+type errSortRefused struct{ err error }
+
+func (e errSortRefused) Error() string { return e.err.Error() }
+
+// lookupSorted answers with SORT_RO / HGET: one command for a single
+// identifier, one pipeline for a batch. It returns errSortRefused when
+// Redis refuses SORT_RO; out is then untouched.
+func (s *Store) lookupSorted(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
+	var one [1]sortLookup
+	ls := one[:]
+	if len(ids) > 1 {
+		ls = make([]sortLookup, len(ids))
+	}
+	n := 0
+	for i, id := range ids {
+		if l, ok := s.sortLookupOf(ctx, id); ok {
+			ls[i] = l
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return nil, nil
+	case len(ids) == 1:
+		_ = s.rdb.Process(ctx, ls[0].cmd())
+	default:
+		pipe := s.rdb.Pipeline()
+		for i := range ls {
+			if c := ls[i].cmd(); c != nil {
+				_ = pipe.Process(ctx, c)
+			}
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	// Errors first: a refusal anywhere means the Lua path answers all.
+	for i := range ls {
+		c := ls[i].cmd()
+		if c == nil {
+			continue
+		}
+		if err := c.Err(); err != nil && err != redis.Nil {
+			if sortRefused(err) {
+				return nil, errSortRefused{err}
+			}
+			return nil, err
+		}
+	}
+	var slab recordSlab
+	slab.hint = len(ids)
+	var stale []pair
+	for i := range ls {
+		l := &ls[i]
+		switch {
+		case l.line != nil:
+			line := l.line.Val()
+			if line == "" {
+				continue
+			}
+			recs := slab.take(1)
+			if err := decodeLine(line, &recs[0]); err != nil {
+				return nil, err
+			}
+			out[i] = recs
+		case l.set != nil:
+			v := l.set.Val()
+			if len(v)%3 != 0 {
+				return nil, errors.New("malformed SORT_RO reply")
+			}
+			live := 0
+			for m := 0; m < len(v); m += 3 {
+				if v[m+1] != "" && hasHash(v[m+2], l.hash) {
+					live++
+				} else {
+					stale = append(stale, pair{hash: l.hash, id: v[m]})
+				}
+			}
+			if live == 0 {
+				continue
+			}
+			recs := slab.take(live)
+			r := 0
+			for m := 0; m < len(v); m += 3 {
+				if v[m+1] != "" && hasHash(v[m+2], l.hash) {
+					if err := decodeLine(v[m+1], &recs[r]); err != nil {
+						return nil, err
+					}
+					r++
+				}
+			}
+			if live > 1 {
+				slices.SortFunc(recs, func(a, b guard.Record) int { return strings.Compare(a.ID, b.ID) })
+			}
+			out[i] = recs
+		}
+	}
+	return stale, nil
+}
+
+// hasHash reports whether the record field i (space-separated hashes)
+// holds h as a whole entry, without allocating.
+func hasHash(field, h string) bool {
+	if h == "" {
+		return false
+	}
+	for {
+		j := strings.Index(field, h)
+		if j < 0 {
+			return false
+		}
+		end := j + len(h)
+		if (j == 0 || field[j-1] == ' ') && (end == len(field) || field[end] == ' ') {
+			return true
+		}
+		field = field[j+1:]
+	}
+}
+
+// recordSlab hands out record slices from shared backing arrays, so a batch
+// allocates records in blocks rather than one slice per identifier. Each
+// slice is capped (three-index slice), so a caller's append cannot spill
+// into its neighbour.
+type recordSlab struct {
+	buf  []guard.Record
+	hint int // identifiers in the lookup: bounds the block size
+}
+
+const slabBlock = 256
+
+func (sl *recordSlab) take(n int) []guard.Record {
+	if cap(sl.buf)-len(sl.buf) < n {
+		size := max(n, min(sl.hint, slabBlock))
+		sl.buf = make([]guard.Record, 0, size)
+	}
+	start := len(sl.buf)
+	sl.buf = sl.buf[:start+n]
+	return sl.buf[start : start+n : start+n]
+}
+
+// decodeLine parses exactly one lookup line (lineFields NUL-separated
+// fields) into rec; the strings share the line's memory.
+func decodeLine(line string, rec *guard.Record) error {
+	var f [lineFields]string
+	for k := range lineFields - 1 {
+		j := strings.IndexByte(line, 0)
+		if j < 0 {
+			return errors.New("malformed lookup line")
+		}
+		f[k] = line[:j]
+		line = line[j+1:]
+	}
+	if strings.IndexByte(line, 0) >= 0 {
+		return errors.New("malformed lookup line")
+	}
+	f[lineFields-1] = line
+	rec.ID = f[0]
+	rec.Version = millis(f[1])
+	rec.Object = f[2]
+	for c := range guard.NumChannels {
+		rec.Consent[c] = f[3+c]
+	}
+	rec.UpdatedAt = millis(f[7])
+	return nil
+}
