@@ -107,12 +107,26 @@ type sink struct {
 	discard bool
 	commit  time.Duration
 	count   atomic.Int64
+
+	// transcript, with withSinkTranscript, is every byte the sink read.
+	transcript *lockedBuffer
 }
 
 type sinkOpt func(*sink, *smtp.Server)
 
 func withSinkTLS(cfg *tls.Config) sinkOpt {
 	return func(_ *sink, s *smtp.Server) { s.TLSConfig = cfg }
+}
+
+// withSinkTranscript records what the upstream receives (commands and
+// message data) in k.transcript.
+func withSinkTranscript() sinkOpt {
+	return func(k *sink, _ *smtp.Server) { k.transcript = &lockedBuffer{} }
+}
+
+// withSinkMaxMessageBytes sets the sink's message size limit.
+func withSinkMaxMessageBytes(n int64) sinkOpt {
+	return func(_ *sink, s *smtp.Server) { s.MaxMessageBytes = n }
 }
 
 func withSinkAuth(user, pass string) sinkOpt {
@@ -131,14 +145,61 @@ func startSink(tb testing.TB, opts ...sinkOpt) *sink {
 	for _, o := range opts {
 		o(k, s)
 	}
+	var l net.Listener
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	k.addr, k.srv = l.Addr().String(), s
+	if k.transcript != nil {
+		l = teeListener{l, k.transcript}
+	}
 	go s.Serve(l)
 	tb.Cleanup(func() { s.Close() })
 	return k
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// teeListener copies everything read from its connections to w.
+type teeListener struct {
+	net.Listener
+	w io.Writer
+}
+
+func (l teeListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return teeConn{c, l.w}, nil
+}
+
+type teeConn struct {
+	net.Conn
+	w io.Writer
+}
+
+func (c teeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.w.Write(p[:n])
+	return n, err
 }
 
 func (k *sink) messages() []sinkMsg {
@@ -224,8 +285,9 @@ type discardLog struct{}
 func (discardLog) Printf(string, ...any) {}
 func (discardLog) Println(...any)        {}
 
-// startRelay serves a relay on a loopback port; Shutdown on cleanup.
-func startRelay(tb testing.TB, g *guard.Guard, opts smtprelay.Options) (string, *smtprelay.Server) {
+// startRelay serves a relay on a loopback port; Shutdown on cleanup. The
+// tweaks run before Serve.
+func startRelay(tb testing.TB, g *guard.Guard, opts smtprelay.Options, tweaks ...func(*smtprelay.Server)) (string, *smtprelay.Server) {
 	tb.Helper()
 	if opts.Domain == "" {
 		opts.Domain = "relay.test"
@@ -234,6 +296,9 @@ func startRelay(tb testing.TB, g *guard.Guard, opts smtprelay.Options) (string, 
 		opts.UpstreamTLS = smtprelay.UpstreamNone
 	}
 	r := smtprelay.New(g, opts)
+	for _, t := range tweaks {
+		t(r)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -249,6 +314,24 @@ func startRelay(tb testing.TB, g *guard.Guard, opts smtprelay.Options) (string, 
 		}
 	})
 	return l.Addr().String(), r
+}
+
+// transfers are the two ways the relay sends a message upstream: BDAT
+// (RFC 3030) when the upstream offers CHUNKING and PIPELINING, as the
+// go-smtp sink does, and DATA otherwise.
+var transfers = []struct {
+	name  string
+	tweak func(*smtprelay.Server)
+}{
+	{"upstream=BDAT", func(*smtprelay.Server) {}},
+	{"upstream=DATA", smtprelay.WithoutChunking},
+}
+
+// eachTransfer runs f once per transfer mode, as subtests.
+func eachTransfer(t *testing.T, f func(t *testing.T, tweak func(*smtprelay.Server))) {
+	for _, tr := range transfers {
+		t.Run(tr.name, func(t *testing.T) { f(t, tr.tweak) })
+	}
 }
 
 // conv is a scripted SMTP conversation over a raw connection.

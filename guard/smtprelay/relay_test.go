@@ -46,67 +46,69 @@ func stuffed(msg string) string {
 
 func TestThreeRecipientsOnlyTheConsentingOneGetsTheMail(t *testing.T) {
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	reg := prometheus.NewRegistry()
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr, Registerer: reg})
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		reg := prometheus.NewRegistry()
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr, Registerer: reg}, tweak)
 
-	cv := dialConv(t, addr)
-	cv.must("EHLO client.test", 250)
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	if code, msg := cv.cmd("RCPT TO:<nein@example.de>"); code != 550 || msg != "5.7.1 <nein@example.de>: no email consent (consent_denied)" {
-		t.Errorf("RCPT Nein: %d %q", code, msg)
-	}
-	if code, msg := cv.cmd("RCPT TO:<unknown@example.de>"); code != 550 || msg != "5.7.1 <unknown@example.de>: no email consent (unknown_contact)" {
-		t.Errorf("RCPT unknown: %d %q", code, msg)
-	}
-	cv.must("DATA", 354)
-	cv.send(stuffed(body) + ".\r\n")
-	cv.expect(250)
-	cv.must("QUIT", 221)
+		cv := dialConv(t, addr)
+		cv.must("EHLO client.test", 250)
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		if code, msg := cv.cmd("RCPT TO:<nein@example.de>"); code != 550 || msg != "5.7.1 <nein@example.de>: no email consent (consent_denied)" {
+			t.Errorf("RCPT Nein: %d %q", code, msg)
+		}
+		if code, msg := cv.cmd("RCPT TO:<unknown@example.de>"); code != 550 || msg != "5.7.1 <unknown@example.de>: no email consent (unknown_contact)" {
+			t.Errorf("RCPT unknown: %d %q", code, msg)
+		}
+		cv.must("DATA", 354)
+		cv.send(stuffed(body) + ".\r\n")
+		cv.expect(250)
+		cv.must("QUIT", 221)
 
-	msgs := k.messages()
-	if len(msgs) != 1 {
-		t.Fatalf("sink got %d messages, want 1", len(msgs))
-	}
-	m := msgs[0]
-	if m.from != "news@shop.example" || len(m.to) != 1 || m.to[0] != "ja@example.de" {
-		t.Errorf("envelope from %q to %q; want news@shop.example to [ja@example.de]", m.from, m.to)
-	}
-	trace, rest := splitTrace(t, m.data)
-	if string(rest) != body {
-		t.Errorf("body changed in transit:\n got %q\nwant %q", rest, body)
-	}
-	for _, want := range []string{"Received: from client.test ([127.0.0.1])", "by relay.test (consentguard) with ESMTP;"} {
-		if !strings.Contains(trace, want) {
-			t.Errorf("trace header %q lacks %q", trace, want)
+		msgs := k.messages()
+		if len(msgs) != 1 {
+			t.Fatalf("sink got %d messages, want 1", len(msgs))
 		}
-	}
-	if strings.Contains(trace, "X-Consent-Guard") {
-		t.Errorf("X-Consent-Guard added although not configured: %q", trace)
-	}
+		m := msgs[0]
+		if m.from != "news@shop.example" || len(m.to) != 1 || m.to[0] != "ja@example.de" {
+			t.Errorf("envelope from %q to %q; want news@shop.example to [ja@example.de]", m.from, m.to)
+		}
+		trace, rest := splitTrace(t, m.data)
+		if string(rest) != body {
+			t.Errorf("body changed in transit:\n got %q\nwant %q", rest, body)
+		}
+		for _, want := range []string{"Received: from client.test ([127.0.0.1])", "by relay.test (consentguard) with ESMTP;"} {
+			if !strings.Contains(trace, want) {
+				t.Errorf("trace header %q lacks %q", trace, want)
+			}
+		}
+		if strings.Contains(trace, "X-Consent-Guard") {
+			t.Errorf("X-Consent-Guard added although not configured: %q", trace)
+		}
 
-	want := map[string]float64{
-		"consentguard_smtp_recipients_total/consent_granted": 1,
-		"consentguard_smtp_recipients_total/consent_denied":  1,
-		"consentguard_smtp_recipients_total/unknown_contact": 1,
-		"consentguard_smtp_messages_total/relayed":           1,
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		want := map[string]float64{
+			"consentguard_smtp_recipients_total/consent_granted": 1,
+			"consentguard_smtp_recipients_total/consent_denied":  1,
+			"consentguard_smtp_recipients_total/unknown_contact": 1,
+			"consentguard_smtp_messages_total/relayed":           1,
 		}
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("metric %s = %v, want %v (all: %v)", k, got[k], v, got)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("metric %s = %v, want %v (all: %v)", k, got[k], v, got)
+			}
+		}
+	})
 }
 
 func TestEveryReasonHasItsReply(t *testing.T) {
@@ -198,71 +200,75 @@ func TestUpstreamDownIs451(t *testing.T) {
 
 func TestUpstreamLostBeforeDataIs451(t *testing.T) {
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
 
-	cv := dialConv(t, addr)
-	cv.must("EHLO client.test", 250)
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	k.srv.Close() // the upstream goes away with our transaction open
-	code, msg := cv.cmd("DATA")
-	if code == 354 {
-		cv.send(stuffed(body) + ".\r\n")
-		code, msg = cv.read()
-	}
-	if code != 451 {
-		t.Errorf("message with the upstream gone: %d %q, want 451", code, msg)
-	}
+		cv := dialConv(t, addr)
+		cv.must("EHLO client.test", 250)
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		k.srv.Close() // the upstream goes away with our transaction open
+		code, msg := cv.cmd("DATA")
+		if code == 354 {
+			cv.send(stuffed(body) + ".\r\n")
+			code, msg = cv.read()
+		}
+		if code != 451 {
+			t.Errorf("message with the upstream gone: %d %q, want 451", code, msg)
+		}
+	})
 }
 
 func TestUpstreamRepliesArePassedBack(t *testing.T) {
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	k.rejectRcpt["ja2@example.de"] = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "mailbox unknown"}
-	k.rejectRcpt["ja3@example.de"] = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "mailbox busy"}
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		k.rejectRcpt["ja2@example.de"] = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "mailbox unknown"}
+		k.rejectRcpt["ja3@example.de"] = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "mailbox busy"}
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
 
-	cv := dialConv(t, addr)
-	cv.must("EHLO client.test", 250)
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	if code, msg := cv.cmd("RCPT TO:<ja2@example.de>"); code != 550 || msg != "5.1.1 mailbox unknown" {
-		t.Errorf("upstream 550 came back as %d %q", code, msg)
-	}
-	if code, msg := cv.cmd("RCPT TO:<ja3@example.de>"); code != 450 || msg != "4.2.1 mailbox busy" {
-		t.Errorf("upstream 450 came back as %d %q", code, msg)
-	}
-	k.mu.Lock()
-	k.dataErr = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "insufficient system storage"}
-	k.mu.Unlock()
-	cv.must("DATA", 354)
-	cv.send(stuffed(body) + ".\r\n")
-	if code, msg := cv.read(); code != 452 || msg != "4.3.1 insufficient system storage" {
-		t.Errorf("upstream 452 at end of data came back as %d %q", code, msg)
-	}
-	k.mu.Lock()
-	k.dataErr = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "content rejected"}
-	k.mu.Unlock()
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	cv.must("DATA", 354)
-	cv.send(stuffed(body) + ".\r\n")
-	if code, msg := cv.read(); code != 554 || msg != "5.6.0 content rejected" {
-		t.Errorf("upstream 554 at end of data came back as %d %q", code, msg)
-	}
-	// And the pooled upstream connection is fine for the next message.
-	k.mu.Lock()
-	k.dataErr = nil
-	k.mu.Unlock()
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	cv.must("DATA", 354)
-	cv.send(stuffed(body) + ".\r\n")
-	cv.expect(250)
-	if n := len(k.messages()); n != 1 {
-		t.Errorf("sink has %d messages, want 1", n)
-	}
+		cv := dialConv(t, addr)
+		cv.must("EHLO client.test", 250)
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		if code, msg := cv.cmd("RCPT TO:<ja2@example.de>"); code != 550 || msg != "5.1.1 mailbox unknown" {
+			t.Errorf("upstream 550 came back as %d %q", code, msg)
+		}
+		if code, msg := cv.cmd("RCPT TO:<ja3@example.de>"); code != 450 || msg != "4.2.1 mailbox busy" {
+			t.Errorf("upstream 450 came back as %d %q", code, msg)
+		}
+		k.mu.Lock()
+		k.dataErr = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "insufficient system storage"}
+		k.mu.Unlock()
+		cv.must("DATA", 354)
+		cv.send(stuffed(body) + ".\r\n")
+		if code, msg := cv.read(); code != 452 || msg != "4.3.1 insufficient system storage" {
+			t.Errorf("upstream 452 at end of data came back as %d %q", code, msg)
+		}
+		k.mu.Lock()
+		k.dataErr = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "content rejected"}
+		k.mu.Unlock()
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.must("DATA", 354)
+		cv.send(stuffed(body) + ".\r\n")
+		if code, msg := cv.read(); code != 554 || msg != "5.6.0 content rejected" {
+			t.Errorf("upstream 554 at end of data came back as %d %q", code, msg)
+		}
+		// And the pooled upstream connection is fine for the next message.
+		k.mu.Lock()
+		k.dataErr = nil
+		k.mu.Unlock()
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.must("DATA", 354)
+		cv.send(stuffed(body) + ".\r\n")
+		cv.expect(250)
+		if n := len(k.messages()); n != 1 {
+			t.Errorf("sink has %d messages, want 1", n)
+		}
+	})
 }
 
 // TestSmugglingDoesNotSplitMessages sends end-of-data look-alikes (bare LF,
@@ -270,45 +276,47 @@ func TestUpstreamRepliesArePassedBack(t *testing.T) {
 // recipient without consent. Both hops must see one message.
 func TestSmugglingDoesNotSplitMessages(t *testing.T) {
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
 
-	smuggled := "MAIL FROM:<evil@shop.example>\r\nRCPT TO:<nein@example.de>\r\nDATA\r\nSubject: smuggled\r\n\r\nhi\r\n"
-	payload := "Subject: harmless\r\n\r\nline one\n" +
-		".\n" + smuggled +
-		"x\r\n.\n" + smuggled +
-		"y\n.\r\n" + smuggled +
-		"z\r.\r" + smuggled +
-		"end\r\n"
+		smuggled := "MAIL FROM:<evil@shop.example>\r\nRCPT TO:<nein@example.de>\r\nDATA\r\nSubject: smuggled\r\n\r\nhi\r\n"
+		payload := "Subject: harmless\r\n\r\nline one\n" +
+			".\n" + smuggled +
+			"x\r\n.\n" + smuggled +
+			"y\n.\r\n" + smuggled +
+			"z\r.\r" + smuggled +
+			"end\r\n"
 
-	cv := dialConv(t, addr)
-	cv.must("EHLO client.test", 250)
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	cv.must("DATA", 354)
-	cv.send(payload + ".\r\n")
-	cv.expect(250)
-	// If the relay had split the message, replies to the smuggled
-	// commands would come before this one.
-	cv.must("QUIT", 221)
+		cv := dialConv(t, addr)
+		cv.must("EHLO client.test", 250)
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.must("DATA", 354)
+		cv.send(payload + ".\r\n")
+		cv.expect(250)
+		// If the relay had split the message, replies to the smuggled
+		// commands would come before this one.
+		cv.must("QUIT", 221)
 
-	msgs := k.messages()
-	if len(msgs) != 1 {
-		t.Fatalf("sink got %d messages, want 1", len(msgs))
-	}
-	m := msgs[0]
-	if len(m.to) != 1 || m.to[0] != "ja@example.de" {
-		t.Errorf("recipients %q, want only ja@example.de", m.to)
-	}
-	_, rest := splitTrace(t, m.data)
-	if n := strings.Count(string(rest), "MAIL FROM:<evil@shop.example>"); n != 4 {
-		t.Errorf("the smuggled commands should arrive as body text 4 times, got %d: %q", n, rest)
-	}
-	// Every line the upstream got ends in CRLF: no bare CR or LF left.
-	if bytes.Contains(bytes.ReplaceAll(rest, []byte("\r\n"), nil), []byte("\n")) ||
-		bytes.Contains(bytes.ReplaceAll(rest, []byte("\r\n"), nil), []byte("\r")) {
-		t.Errorf("bare CR or LF relayed: %q", rest)
-	}
+		msgs := k.messages()
+		if len(msgs) != 1 {
+			t.Fatalf("sink got %d messages, want 1", len(msgs))
+		}
+		m := msgs[0]
+		if len(m.to) != 1 || m.to[0] != "ja@example.de" {
+			t.Errorf("recipients %q, want only ja@example.de", m.to)
+		}
+		_, rest := splitTrace(t, m.data)
+		if n := strings.Count(string(rest), "MAIL FROM:<evil@shop.example>"); n != 4 {
+			t.Errorf("the smuggled commands should arrive as body text 4 times, got %d: %q", n, rest)
+		}
+		// Every line the upstream got ends in CRLF: no bare CR or LF left.
+		if bytes.Contains(bytes.ReplaceAll(rest, []byte("\r\n"), nil), []byte("\n")) ||
+			bytes.Contains(bytes.ReplaceAll(rest, []byte("\r\n"), nil), []byte("\r")) {
+			t.Errorf("bare CR or LF relayed: %q", rest)
+		}
+	})
 }
 
 func TestInboundSTARTTLSAndAuth(t *testing.T) {
@@ -433,36 +441,38 @@ func TestUpstreamSTARTTLSAndAuth(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr, MaxMessageBytes: 2048, MaxRecipients: 2})
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr, MaxMessageBytes: 2048, MaxRecipients: 2}, tweak)
 
-	cv := dialConv(t, addr)
-	cv.must("EHLO client.test", 250)
-	if code, _ := cv.cmd("MAIL FROM:<news@shop.example> SIZE=100000"); code != 552 {
-		t.Errorf("MAIL with SIZE over the limit: %d, want 552", code)
-	}
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	cv.cmd("RCPT TO:<nein@example.de>") // 550, but counts
-	if code, msg := cv.cmd("RCPT TO:<ja2@example.de>"); code != 452 {
-		t.Errorf("third RCPT with MaxRecipients 2: %d %q, want 452", code, msg)
-	}
-	cv.must("DATA", 354)
-	big := body + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 64)
-	cv.send(stuffed(big) + ".\r\n")
-	if code, msg := cv.read(); code != 552 {
-		t.Errorf("message over the size limit: %d %q, want 552", code, msg)
-	}
-	// The session goes on, and the next message (small) is relayed.
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	cv.must("DATA", 354)
-	cv.send(stuffed(body) + ".\r\n")
-	cv.expect(250)
-	msgs := k.messages()
-	if len(msgs) != 1 || !bytes.HasSuffix(msgs[0].data, []byte(body)) {
-		t.Fatalf("sink got %d messages, want only the small one", len(msgs))
-	}
+		cv := dialConv(t, addr)
+		cv.must("EHLO client.test", 250)
+		if code, _ := cv.cmd("MAIL FROM:<news@shop.example> SIZE=100000"); code != 552 {
+			t.Errorf("MAIL with SIZE over the limit: %d, want 552", code)
+		}
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.cmd("RCPT TO:<nein@example.de>") // 550, but counts
+		if code, msg := cv.cmd("RCPT TO:<ja2@example.de>"); code != 452 {
+			t.Errorf("third RCPT with MaxRecipients 2: %d %q, want 452", code, msg)
+		}
+		cv.must("DATA", 354)
+		big := body + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 64)
+		cv.send(stuffed(big) + ".\r\n")
+		if code, msg := cv.read(); code != 552 {
+			t.Errorf("message over the size limit: %d %q, want 552", code, msg)
+		}
+		// The session goes on, and the next message (small) is relayed.
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.must("DATA", 354)
+		cv.send(stuffed(body) + ".\r\n")
+		cv.expect(250)
+		msgs := k.messages()
+		if len(msgs) != 1 || !bytes.HasSuffix(msgs[0].data, []byte(body)) {
+			t.Fatalf("sink got %d messages, want only the small one", len(msgs))
+		}
+	})
 }
 
 // panicStore stands in for a store with a bug: the relay must answer 421
@@ -524,64 +534,179 @@ func TestSendThroughRelayWithGoSMTPClient(t *testing.T) {
 	// Many recipients over one pooled upstream connection, several
 	// messages per session: per-recipient answers survive reuse.
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
-	c, err := smtp.Dial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for i := 0; i < 5; i++ {
-		if err := c.Mail("news@shop.example", nil); err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range []string{"ja@example.de", "nein@example.de", "ja2@example.de", "pending@example.de"} {
-			err := c.Rcpt(r, nil)
-			if want := strings.HasPrefix(r, "ja"); (err == nil) != want {
-				t.Errorf("message %d RCPT %s: %v", i, r, err)
-			}
-		}
-		w, err := c.Data()
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
+		c, err := smtp.Dial(addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(w, "Subject: %d\r\n\r\nhello\r\n", i)
-		if err := w.Close(); err != nil {
-			t.Fatalf("message %d: %v", i, err)
+		defer c.Close()
+		for i := 0; i < 5; i++ {
+			if err := c.Mail("news@shop.example", nil); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range []string{"ja@example.de", "nein@example.de", "ja2@example.de", "pending@example.de"} {
+				err := c.Rcpt(r, nil)
+				if want := strings.HasPrefix(r, "ja"); (err == nil) != want {
+					t.Errorf("message %d RCPT %s: %v", i, r, err)
+				}
+			}
+			w, err := c.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(w, "Subject: %d\r\n\r\nhello\r\n", i)
+			if err := w.Close(); err != nil {
+				t.Fatalf("message %d: %v", i, err)
+			}
 		}
-	}
-	msgs := k.messages()
-	if len(msgs) != 5 {
-		t.Fatalf("sink got %d messages, want 5", len(msgs))
-	}
-	for i, m := range msgs {
-		if strings.Join(m.to, ",") != "ja@example.de,ja2@example.de" {
-			t.Errorf("message %d went to %q", i, m.to)
+		msgs := k.messages()
+		if len(msgs) != 5 {
+			t.Fatalf("sink got %d messages, want 5", len(msgs))
 		}
-	}
+		for i, m := range msgs {
+			if strings.Join(m.to, ",") != "ja@example.de,ja2@example.de" {
+				t.Errorf("message %d went to %q", i, m.to)
+			}
+		}
+	})
 }
 
 func TestChunkingBDAT(t *testing.T) {
 	g, _ := mustGuard(t)
-	k := startSink(t)
-	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr})
-	cv := dialConv(t, addr)
-	if ehlo := cv.must("EHLO client.test", 250); !strings.Contains(ehlo, "CHUNKING") {
-		t.Fatalf("EHLO lacks CHUNKING: %q", ehlo)
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
+		cv := dialConv(t, addr)
+		if ehlo := cv.must("EHLO client.test", 250); !strings.Contains(ehlo, "CHUNKING") {
+			t.Fatalf("EHLO lacks CHUNKING: %q", ehlo)
+		}
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		half := len(body) / 2
+		cv.send(fmt.Sprintf("BDAT %d\r\n%s", half, body[:half]))
+		cv.expect(250)
+		cv.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body)-half, body[half:]))
+		cv.expect(250)
+		cv.must("QUIT", 221)
+		msgs := k.messages()
+		if len(msgs) != 1 {
+			t.Fatalf("sink got %d messages, want 1", len(msgs))
+		}
+		if _, rest := splitTrace(t, msgs[0].data); string(rest) != body {
+			t.Errorf("body changed: %q", rest)
+		}
+	})
+}
+
+// TestUpstreamTransfer checks on the wire how a message goes upstream:
+// with CHUNKING and PIPELINING offered, as one BDAT LAST chunk holding the
+// trace header and the body as the client meant it (no dot stuffing);
+// otherwise as DATA with dot stuffing.
+func TestUpstreamTransfer(t *testing.T) {
+	g, _ := mustGuard(t)
+	for _, tr := range transfers {
+		t.Run(tr.name, func(t *testing.T) {
+			k := startSink(t, withSinkTranscript())
+			addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tr.tweak)
+			c, err := smtp.Dial(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for range 2 {
+				if err := c.SendMail("news@shop.example", []string{"ja@example.de"}, strings.NewReader(body)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.Quit(); err != nil {
+				t.Fatal(err)
+			}
+			msgs := k.messages()
+			if len(msgs) != 2 {
+				t.Fatalf("sink got %d messages, want 2", len(msgs))
+			}
+			wire := k.transcript.String()
+			bdat, data := strings.Count(wire, " LAST\r\n"), strings.Count(wire, "\r\nDATA\r\n")
+			if tr.name == "upstream=BDAT" {
+				want := fmt.Sprintf("BDAT %d LAST\r\n%s", len(msgs[0].data), msgs[0].data)
+				if bdat != 2 || data != 0 || !strings.Contains(wire, want) {
+					t.Errorf("want each message as one BDAT LAST chunk; upstream got:\n%s", wire)
+				}
+			} else {
+				if bdat != 0 || data != 2 || !strings.Contains(wire, "\r\n.. a line that starts with a dot\r\n") {
+					t.Errorf("want DATA with dot stuffing; upstream got:\n%s", wire)
+				}
+			}
+			if strings.Contains(wire, "RSET") {
+				t.Errorf("RSET between completed messages:\n%s", wire)
+			}
+		})
 	}
-	cv.must("MAIL FROM:<news@shop.example>", 250)
-	cv.must("RCPT TO:<ja@example.de>", 250)
-	half := len(body) / 2
-	cv.send(fmt.Sprintf("BDAT %d\r\n%s", half, body[:half]))
-	cv.expect(250)
-	cv.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body)-half, body[half:]))
-	cv.expect(250)
-	cv.must("QUIT", 221)
-	msgs := k.messages()
-	if len(msgs) != 1 {
-		t.Fatalf("sink got %d messages, want 1", len(msgs))
+}
+
+// TestLargeMessage sends a message of many BDAT chunks (more than are
+// ever outstanding at once) and checks that it arrives byte for byte.
+func TestLargeMessage(t *testing.T) {
+	g, _ := mustGuard(t)
+	var b strings.Builder
+	b.WriteString("Subject: large\r\n\r\n")
+	for i := 0; b.Len() < 1500<<10; i++ {
+		fmt.Fprintf(&b, "%06d %s\r\n", i, strings.Repeat("x", i%200))
+		if i%97 == 0 {
+			b.WriteString(".\r\n..\r\n. dot\r\n")
+		}
 	}
-	if _, rest := splitTrace(t, msgs[0].data); string(rest) != body {
-		t.Errorf("body changed: %q", rest)
-	}
+	large := b.String()
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t)
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
+		c, err := smtp.Dial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.SendMail("news@shop.example", []string{"ja@example.de"}, strings.NewReader(large)); err != nil {
+			t.Fatal(err)
+		}
+		msgs := k.messages()
+		if len(msgs) != 1 {
+			t.Fatalf("sink got %d messages, want 1", len(msgs))
+		}
+		if _, rest := splitTrace(t, msgs[0].data); string(rest) != large {
+			t.Errorf("large message changed in transit (%d bytes arrived, %d sent)", len(rest), len(large))
+		}
+	})
+}
+
+// TestUpstreamRefusesMidMessage: the upstream refuses a message while it
+// is being transferred (its size limit; with BDAT, at a chunk in the
+// middle). The client gets the upstream's 552, and the pooled connection
+// carries the next message.
+func TestUpstreamRefusesMidMessage(t *testing.T) {
+	g, _ := mustGuard(t)
+	large := "Subject: large\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 10000)
+	eachTransfer(t, func(t *testing.T, tweak func(*smtprelay.Server)) {
+		k := startSink(t, withSinkMaxMessageBytes(200<<10))
+		addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr}, tweak)
+		cv := dialConv(t, addr)
+		cv.must("EHLO client.test", 250)
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.must("DATA", 354)
+		cv.send(large + ".\r\n")
+		if code, msg := cv.read(); code != 552 {
+			t.Errorf("message over the upstream's limit: %d %q, want 552", code, msg)
+		}
+		cv.must("MAIL FROM:<news@shop.example>", 250)
+		cv.must("RCPT TO:<ja@example.de>", 250)
+		cv.must("DATA", 354)
+		cv.send(stuffed(body) + ".\r\n")
+		cv.expect(250)
+		cv.must("QUIT", 221)
+		if msgs := k.messages(); len(msgs) != 1 || !bytes.HasSuffix(msgs[0].data, []byte(body)) {
+			t.Errorf("sink got %d messages, want only the small one", len(msgs))
+		}
+	})
 }
