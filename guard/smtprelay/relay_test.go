@@ -3,6 +3,7 @@ package smtprelay_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/consentguard/consentguard/guard"
@@ -709,4 +711,63 @@ func TestUpstreamRefusesMidMessage(t *testing.T) {
 			t.Errorf("sink got %d messages, want only the small one", len(msgs))
 		}
 	})
+}
+
+// TestInboundAuthArgon2id: users with argon2id and bcrypt hashes log in
+// with AUTH PLAIN and LOGIN; a wrong password, an unknown user and a user
+// whose hash has absurd parameters get 535.
+func TestInboundAuthArgon2id(t *testing.T) {
+	g, _ := mustGuard(t)
+	k := startSink(t)
+	salt := []byte("a random salt, 22b")
+	key := argon2.IDKey([]byte("argon-pass"), salt, 2, 1024, 2, 32)
+	argonHash := fmt.Sprintf("$argon2id$v=19$m=1024,t=2,p=2$%s$%s",
+		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key))
+	bc, err := bcrypt.GenerateFromPassword([]byte("bcrypt-pass"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	absurd := strings.Replace(argonHash, "m=1024,t=2", "m=4194304,t=1000", 1)
+	addr, _ := startRelay(t, g, smtprelay.Options{Upstream: k.addr, Users: map[string]string{
+		"argon": argonHash, "bcrypt": string(bc), "absurd": absurd,
+	}})
+	cases := []struct {
+		user, pass string
+		login, ok  bool
+	}{
+		{"argon", "argon-pass", false, true},
+		{"argon", "argon-pass", true, true},
+		{"bcrypt", "bcrypt-pass", false, true},
+		{"argon", "bcrypt-pass", false, false},
+		{"argon", "argon-pass ", true, false},
+		{"nobody", "argon-pass", false, false},
+		{"absurd", "argon-pass", false, false},
+	}
+	for _, c := range cases {
+		cl, err := smtp.Dial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mech sasl.Client = sasl.NewPlainClient("", c.user, c.pass)
+		if c.login {
+			mech = sasl.NewLoginClient(c.user, c.pass)
+		}
+		err = cl.Auth(mech)
+		var se *smtp.SMTPError
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("AUTH %s (login %v): %v", c.user, c.login, err)
+		case !c.ok && (!errors.As(err, &se) || se.Code != 535):
+			t.Errorf("AUTH %s with %q: %v, want 535", c.user, c.pass, err)
+		}
+		if c.ok {
+			if err := cl.SendMail("news@shop.example", []string{"ja@example.de"}, strings.NewReader(body)); err != nil {
+				t.Errorf("send as %s: %v", c.user, err)
+			}
+		}
+		cl.Close()
+	}
+	if n := len(k.messages()); n != 3 {
+		t.Errorf("sink got %d messages, want 3", n)
+	}
 }

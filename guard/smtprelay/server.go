@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,7 +57,12 @@ type Options struct {
 	// offered inside TLS.
 	TLS *tls.Config
 	// Users, when not empty, requires AUTH (PLAIN or LOGIN) before MAIL:
-	// user name → bcrypt hash.
+	// user name → password hash, bcrypt ("$2b$12$…", as htpasswd -B
+	// writes it) or argon2id in the PHC string format
+	// ("$argon2id$v=19$m=65536,t=3,p=2$<salt>$<hash>", base64 without
+	// padding). A hash that cannot be used is logged at New and never
+	// matches; argon2id parameters beyond m=1 GiB, t=16, p=16 count as
+	// unusable.
 	Users map[string]string
 
 	MaxMessageBytes int64 // default 32 MiB
@@ -73,14 +79,16 @@ type Options struct {
 // Server is the SMTP relay. Create it with New; it is shaped like
 // net/http.Server: Serve, then Shutdown.
 type Server struct {
-	g       *guard.Guard
-	opts    Options
-	log     *slog.Logger
-	srv     *smtp.Server
-	up      *upstream
-	users   map[string][]byte
-	dummy   []byte
-	metrics *metrics
+	g     *guard.Guard
+	opts  Options
+	log   *slog.Logger
+	srv   *smtp.Server
+	up    *upstream
+	users map[string]credential
+	dummy credential
+	// argonSlots bounds concurrent argon2id derivations (memory).
+	argonSlots chan struct{}
+	metrics    *metrics
 
 	ctx    context.Context // cancelled when Shutdown gives up waiting
 	cancel context.CancelFunc
@@ -154,11 +162,16 @@ func New(g *guard.Guard, opts Options) *Server {
 		s.up.mode = UpstreamRequire
 	}
 	if len(opts.Users) > 0 {
-		s.users = make(map[string][]byte, len(opts.Users))
+		s.users = make(map[string]credential, len(opts.Users))
 		for u, h := range opts.Users {
-			s.users[u] = []byte(h)
+			c := parseCredential(strings.TrimSpace(h))
+			if c.err != nil {
+				s.log.Error("unusable password hash; the user cannot log in", "user", maskUser(u), "err", c.err)
+			}
+			s.users[u] = c
 		}
-		s.dummy = dummyHash(s.users)
+		s.dummy = dummyCredential(s.users)
+		s.argonSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
