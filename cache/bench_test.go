@@ -3,6 +3,8 @@ package cache_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -20,12 +22,17 @@ import (
 
 const benchPeople = 5000 // records, each with one email and one phone
 
-func benchStore(b *testing.B) (*cache.Store, *redis.Client) {
+// benchStore fills a fresh redis-server. tweak (may be nil) adjusts the
+// store before Init, e.g. cache.UseScriptLookup for the Lua read path.
+func benchStore(b *testing.B, tweak ...func(*cache.Store)) (*cache.Store, *redis.Client) {
 	b.Helper()
 	ctx := context.Background()
 	srv := redistest.Start(b)
 	rdb := srv.Client(b)
 	st := cache.New(rdb, cache.Options{HashKey: testKey})
+	for _, f := range tweak {
+		f(st)
+	}
 	if err := st.Init(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -53,24 +60,65 @@ func BenchmarkBaselineHGET(b *testing.B) {
 	_, rdb := benchStore(b)
 	ctx := context.Background()
 	key := "cg:{" + rid(b, 7) + "}:r"
+	cpu := redisCPU(b, rdb)
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := rdb.HGet(ctx, key, "c0").Err(); err != nil {
 			b.Fatal(err)
 		}
 	}
+	reportRedisCPU(b, rdb, cpu)
+}
+
+// lookupPaths are the read paths the lookup benchmarks compare: SORT_RO
+// (standalone/Sentinel default) and the Lua script (fallback).
+var lookupPaths = []struct {
+	name  string
+	tweak func(*cache.Store)
+}{
+	{"sort", func(*cache.Store) {}},
+	{"script", cache.UseScriptLookup},
+}
+
+// redisCPU is redis-server's used CPU (user + sys) in seconds.
+func redisCPU(b *testing.B, rdb *redis.Client) float64 {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sum float64
+	for line := range strings.Lines(info) {
+		k, val, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(val, 64)
+			sum += f
+		}
+	}
+	return sum
+}
+
+// reportRedisCPU adds redis-server's CPU per op since start as redis-cpu-µs/op.
+func reportRedisCPU(b *testing.B, rdb *redis.Client, start float64) {
+	b.ReportMetric((redisCPU(b, rdb)-start)*1e6/float64(b.N), "redis-cpu-µs/op")
 }
 
 func BenchmarkLookupSingle(b *testing.B) {
-	st, _ := benchStore(b)
-	ctx := context.Background()
-	ids := []guard.Identifier{benchEmail(b, 7)}
-	b.ReportAllocs()
-	for b.Loop() {
-		res, err := st.Lookup(ctx, ids)
-		if err != nil || len(res[0]) != 1 {
-			b.Fatal(res, err)
-		}
+	for _, p := range lookupPaths {
+		b.Run(p.name, func(b *testing.B) {
+			st, rdb := benchStore(b, p.tweak)
+			ctx := context.Background()
+			ids := []guard.Identifier{benchEmail(b, 7)}
+			cpu := redisCPU(b, rdb)
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := st.Lookup(ctx, ids)
+				if err != nil || len(res[0]) != 1 {
+					b.Fatal(res, err)
+				}
+			}
+			reportRedisCPU(b, rdb, cpu)
+		})
 	}
 }
 
@@ -78,6 +126,7 @@ func BenchmarkBaselineHGETParallel(b *testing.B) {
 	_, rdb := benchStore(b)
 	ctx := context.Background()
 	key := "cg:{" + rid(b, 7) + "}:r"
+	cpu := redisCPU(b, rdb)
 	b.ReportAllocs()
 	b.SetParallelism(25) // 50 goroutines on 2 cores
 	b.ResetTimer()
@@ -89,40 +138,53 @@ func BenchmarkBaselineHGETParallel(b *testing.B) {
 			}
 		}
 	})
+	reportRedisCPU(b, rdb, cpu)
 }
 
 func BenchmarkLookupSingleParallel(b *testing.B) {
-	st, _ := benchStore(b)
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.SetParallelism(25)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		ids := []guard.Identifier{benchEmail(b, 7)}
-		for pb.Next() {
-			res, err := st.Lookup(ctx, ids)
-			if err != nil || len(res[0]) != 1 {
-				b.Error(res, err)
-				return
-			}
-		}
-	})
+	for _, p := range lookupPaths {
+		b.Run(p.name, func(b *testing.B) {
+			st, rdb := benchStore(b, p.tweak)
+			ctx := context.Background()
+			cpu := redisCPU(b, rdb)
+			b.ReportAllocs()
+			b.SetParallelism(25)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ids := []guard.Identifier{benchEmail(b, 7)}
+				for pb.Next() {
+					res, err := st.Lookup(ctx, ids)
+					if err != nil || len(res[0]) != 1 {
+						b.Error(res, err)
+						return
+					}
+				}
+			})
+			reportRedisCPU(b, rdb, cpu)
+		})
+	}
 }
 
 // BenchmarkLookupBatch10000Phones: 10,000 phone numbers, half of them known.
 func BenchmarkLookupBatch10000Phones(b *testing.B) {
-	st, _ := benchStore(b)
-	ctx := context.Background()
-	ids := make([]guard.Identifier, 10000)
-	for n := range ids {
-		ids[n] = benchPhone(b, n) // n >= benchPeople: unknown
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		res, err := st.Lookup(ctx, ids)
-		if err != nil || len(res[0]) != 1 || len(res[9999]) != 0 {
-			b.Fatal(err)
-		}
+	for _, p := range lookupPaths {
+		b.Run(p.name, func(b *testing.B) {
+			st, rdb := benchStore(b, p.tweak)
+			ctx := context.Background()
+			ids := make([]guard.Identifier, 10000)
+			for n := range ids {
+				ids[n] = benchPhone(b, n) // n >= benchPeople: unknown
+			}
+			cpu := redisCPU(b, rdb)
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := st.Lookup(ctx, ids)
+				if err != nil || len(res[0]) != 1 || len(res[9999]) != 0 {
+					b.Fatal(err)
+				}
+			}
+			reportRedisCPU(b, rdb, cpu)
+		})
 	}
 }
 

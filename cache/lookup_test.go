@@ -145,6 +145,29 @@ func TestSortLookupVerifies(t *testing.T) {
 	if n, _ := rdb.SCard(ctx, key).Result(); n != 2 {
 		t.Fatalf("stale entries left after batch: %d members", n)
 	}
+
+	// A batch large enough to go out as several concurrent pipelines.
+	if err := rdb.SAdd(ctx, key, moved, dead, never).Err(); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]guard.Identifier, 0, 1000*len(ids))
+	for range 1000 {
+		big = append(big, ids...)
+	}
+	res, err = st.Lookup(ctx, big)
+	if err != nil || len(res) != len(big) {
+		t.Fatalf("big batch: %d results, %v", len(res), err)
+	}
+	for i := range big {
+		got := []string{}
+		for _, r := range res[i] {
+			got = append(got, r.ID)
+		}
+		wantIDs(t, got, want[i%len(ids)]...)
+	}
+	if n, _ := rdb.SCard(ctx, key).Result(); n != 2 {
+		t.Fatalf("stale entries left after big batch: %d members", n)
+	}
 }
 
 // TestSortLookupWrongTypeFailsClosed: a data error (an index key holding a
@@ -253,12 +276,12 @@ func TestSortFallback(t *testing.T) {
 
 	// A batch whose first lookup meets the refusal is answered in full.
 	st := cache.New(client("prefixed"), cache.Options{HashKey: testKey})
-	ids := make([]guard.Identifier, 600)
+	ids := make([]guard.Identifier, 6000) // several pipelines
 	for i := range ids {
 		ids[i] = a
 	}
 	res, err := st.Lookup(ctx, ids)
-	if err != nil || len(res[0]) != 1 || len(res[599]) != 1 || cache.LookupPath(st) != "script" {
+	if err != nil || len(res[0]) != 1 || len(res[5999]) != 1 || cache.LookupPath(st) != "script" {
 		t.Fatalf("batch on refusal: %v, path %s", err, cache.LookupPath(st))
 	}
 }

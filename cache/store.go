@@ -110,7 +110,7 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	case strings.ContainsAny(s.prefix, "{}"):
 		s.err = fmt.Errorf("%w: key prefix %q must not contain '{' or '}'", ErrConfig, s.prefix)
 	}
-	s.macs.New = func() any { return hmac.New(sha256.New, s.key) }
+	s.macs.New = func() any { return &mac{h: hmac.New(sha256.New, s.key), buf: make([]byte, 0, 128)} }
 	if sortUsable(s.prefix) {
 		s.sortPatL = s.prefix + "{*}:r->l"
 		s.sortPatI = s.prefix + "{*}:r->i"
@@ -174,17 +174,39 @@ func (s *Store) fingerprint() string {
 	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
+// mac is a pooled HMAC-SHA256 state keyed with HashKey, with scratch space
+// so hashing an identifier allocates nothing (crypto/hmac's Reset reuses
+// the keyed state).
+type mac struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+	buf []byte
+}
+
+// sumOf returns HMAC(HashKey, a+b+c); the result is valid until m is
+// returned to the pool.
+func (m *mac) sumOf(a, b, c string) []byte {
+	m.buf = append(append(append(m.buf[:0], a...), b...), c...)
+	m.h.Reset()
+	m.h.Write(m.buf)
+	return m.h.Sum(m.sum[:0])
+}
+
+func (s *Store) getMAC() *mac { return s.macs.Get().(*mac) }
+
+func (s *Store) putMAC(m *mac) {
+	if cap(m.buf) > 1024 { // do not keep a huge identifier's buffer
+		m.buf = nil
+	}
+	s.macs.Put(m)
+}
+
 // idHash returns hex(HMAC-SHA256(HashKey, id.Key())).
 func (s *Store) idHash(id guard.Identifier) string {
-	m := s.macs.Get().(hash.Hash)
-	m.Reset()
-	io.WriteString(m, id.Kind.String())
-	io.WriteString(m, ":")
-	io.WriteString(m, id.Value)
-	var sum [sha256.Size]byte
 	var out [2 * sha256.Size]byte
-	hex.Encode(out[:], m.Sum(sum[:0]))
-	s.macs.Put(m)
+	m := s.getMAC()
+	hex.Encode(out[:], m.sumOf(id.Kind.String(), ":", id.Value))
+	s.putMAC(m)
 	return string(out[:])
 }
 
@@ -193,33 +215,38 @@ func (s *Store) recordKey(id string) string  { return s.prefix + "{" + id + "}:r
 func (s *Store) historyKey(id string) string { return s.prefix + "{" + id + "}:h" }
 func (s *Store) indexKey(h string) string    { return s.prefix + "i:" + h }
 
+// appendIndexKey appends indexKey(idHash(id)) to dst.
+func (s *Store) appendIndexKey(dst []byte, id guard.Identifier) []byte {
+	dst = append(dst, s.prefix...)
+	dst = append(dst, "i:"...)
+	m := s.getMAC()
+	dst = hex.AppendEncode(dst, m.sumOf(id.Kind.String(), ":", id.Value))
+	s.putMAC(m)
+	return dst
+}
+
+// appendRecordKey appends recordKey(id) to dst.
+func (s *Store) appendRecordKey(dst []byte, id string) []byte {
+	dst = append(dst, s.prefix...)
+	dst = append(dst, '{')
+	dst = append(dst, id...)
+	return append(dst, "}:r"...)
+}
+
 // indexKeyOf is indexKey(idHash(id)) with a single allocation.
 func (s *Store) indexKeyOf(id guard.Identifier) string {
-	m := s.macs.Get().(hash.Hash)
-	m.Reset()
-	io.WriteString(m, id.Kind.String())
-	io.WriteString(m, ":")
-	io.WriteString(m, id.Value)
-	var sum [sha256.Size]byte
 	var buf [64 + 2*sha256.Size]byte
-	b := append(buf[:0], s.prefix...)
-	b = append(b, "i:"...)
-	b = hex.AppendEncode(b, m.Sum(sum[:0]))
-	s.macs.Put(m)
-	return string(b)
+	return string(s.appendIndexKey(buf[:0], id))
 }
 
 // noteKey names a notification-dedupe key: the caller's key is HMAC'd so
 // whatever it contains never reaches Redis in clear.
 func (s *Store) noteKey(k string) string {
-	m := s.macs.Get().(hash.Hash)
-	m.Reset()
-	io.WriteString(m, "n:")
-	io.WriteString(m, k)
-	var sum [sha256.Size]byte
-	b := m.Sum(sum[:0])
-	s.macs.Put(m)
-	return s.prefix + "n:" + hex.EncodeToString(b[:16])
+	var out [2 * 16]byte
+	m := s.getMAC()
+	hex.Encode(out[:], m.sumOf("n:", k, "")[:16])
+	s.putMAC(m)
+	return s.prefix + "n:" + string(out[:])
 }
 
 // recordID normalises a Salesforce Id (15 or 18 characters) to 18.
