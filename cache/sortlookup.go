@@ -112,6 +112,23 @@ type sortLookup struct {
 	hash       string // the identifier hash (index lookups)
 }
 
+// cmd is the lookup's command, nil (a nil interface) for none.
+func (l *sortLookup) cmd() redis.Cmder {
+	switch {
+	case l.set != nil:
+		return l.set
+	case l.line != nil:
+		return l.line
+	}
+	return nil
+}
+
+// argSlot is one command's key and arguments.
+type argSlot struct {
+	key  string
+	args [sortArgCount]any
+}
+
 // errSortRefused wraps the Redis error that made lookupSorted give up.
 type errSortRefused struct{ err error }
 
@@ -122,7 +139,7 @@ func (e errSortRefused) Error() string { return e.err.Error() }
 // Redis refuses SORT_RO; out is then untouched.
 //
 // Allocation: keys, arguments and commands are laid out per batch (one
-// key buffer, one argument array, one command list); what remains per
+// key buffer, one slot array, one command list); what remains per
 // identifier is go-redis's command and its reply.
 func (s *Store) lookupSorted(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
 	if len(ids) <= sortChunk {
@@ -180,9 +197,13 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 	if len(ids) > 1 {
 		ls = make([]sortLookup, len(ids))
 	}
-	// Pass 1: every key into one buffer.
+	// Pass 1: every key into one buffer (on the stack for a single check).
 	keyLen := len(s.prefix) + 2 + 2*sha256.Size // the longer kind: index key
-	buf := make([]byte, 0, len(ids)*keyLen)
+	var small [128]byte
+	buf := small[:0]
+	if len(ids)*keyLen > len(small) {
+		buf = make([]byte, 0, len(ids)*keyLen)
+	}
 	n := 0
 	for i, id := range ids {
 		l := &ls[i]
@@ -209,39 +230,49 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 	if n == 0 {
 		return nil, nil
 	}
-	// Pass 2: commands. keys holds each key string so its address can go
-	// into the arguments.
+	// Pass 2: commands. A slot holds a key string, so its address can go
+	// into the arguments, and the arguments.
 	all := string(buf)
-	keys := make([]string, len(ids))
-	args := make([]any, n*sortArgCount)
-	cmds := make([]redis.Cmder, 0, n)
+	slots := make([]argSlot, n)
 	for i := range ls {
 		l := &ls[i]
 		if l.end == 0 {
 			continue
 		}
-		keys[i] = all[l.start:l.end]
-		a := args[:sortArgCount:sortArgCount]
-		args = args[sortArgCount:]
+		sl := &slots[0]
+		slots = slots[1:]
+		sl.key = all[l.start:l.end]
 		if l.index {
-			l.hash = keys[i][len(s.prefix)+2:]
-			l.set = s.sortCmd(ctx, a, &keys[i])
-			cmds = append(cmds, l.set)
+			l.hash = sl.key[len(s.prefix)+2:]
+			l.set = s.sortCmd(ctx, sl.args[:], &sl.key)
 		} else {
-			a[0], a[1], a[2] = "hget", &keys[i], "l"
-			l.line = redis.NewStringCmd(ctx, a[:3]...)
-			cmds = append(cmds, l.line)
+			sl.args[0], sl.args[1], sl.args[2] = "hget", &sl.key, "l"
+			l.line = redis.NewStringCmd(ctx, sl.args[:3]...)
 		}
 	}
-	if len(cmds) == 1 {
-		_ = s.rdb.Process(ctx, cmds[0])
+	if n == 1 {
+		for i := range ls {
+			if c := ls[i].cmd(); c != nil {
+				_ = s.rdb.Process(ctx, c)
+			}
+		}
 	} else {
+		cmds := make([]redis.Cmder, 0, n)
+		for i := range ls {
+			if c := ls[i].cmd(); c != nil {
+				cmds = append(cmds, c)
+			}
+		}
 		pipe := s.rdb.Pipeline()
 		_ = pipe.BatchProcess(ctx, cmds...)
 		_, _ = pipe.Exec(ctx)
 	}
 	// Errors first: a refusal anywhere means the Lua path answers all.
-	for _, c := range cmds {
+	for i := range ls {
+		c := ls[i].cmd()
+		if c == nil {
+			continue
+		}
 		if err := c.Err(); err != nil && err != redis.Nil {
 			if sortRefused(err) {
 				return nil, errSortRefused{err}
