@@ -426,23 +426,50 @@ func (d *lineWriter) Write(p []byte) (int, error) {
 		if d.stuff && d.bol && p[0] == '.' {
 			d.w.WriteByte('.')
 		}
-		i := bytes.IndexAny(p, "\r\n")
-		if i < 0 {
-			d.w.Write(p)
-			d.bol = false
+		// Copy a run of CRLF-ended lines in one go; stop before a line
+		// that needs a dot, at a bare CR or LF, or at the end of p.
+		run := 0
+		for {
+			q := p[run:]
+			lf := bytes.IndexByte(q, '\n')
+			line := q
+			if lf >= 0 {
+				line = q[:lf]
+			}
+			cr := bytes.IndexByte(line, '\r')
+			switch {
+			case lf > 0 && cr == lf-1:
+				// A CRLF line.
+				run += lf + 1
+				d.bol = true
+				if run < len(p) && (!d.stuff || p[run] != '.') {
+					continue
+				}
+				d.w.Write(p[:run])
+				p = p[run:]
+			case cr >= 0:
+				// A bare CR, or a CR at the end of p that the next Write
+				// may follow with LF: the next round writes the CRLF.
+				d.w.Write(p[:run+cr])
+				d.cr = true
+				p = p[run+cr+1:]
+			case lf >= 0:
+				// A bare LF.
+				d.w.Write(p[:run+lf])
+				d.w.WriteString("\r\n")
+				d.bol = true
+				p = p[run+lf+1:]
+			default:
+				// The rest of p starts a line that goes on in the next
+				// Write.
+				d.w.Write(p)
+				if len(p) > run {
+					d.bol = false
+				}
+				p = nil
+			}
 			break
 		}
-		if i > 0 {
-			d.w.Write(p[:i])
-			d.bol = false
-		}
-		if p[i] == '\n' {
-			d.w.WriteString("\r\n")
-			d.bol = true
-		} else {
-			d.cr = true
-		}
-		p = p[i+1:]
 	}
 	// bufio.Writer remembers a write error; Flush reports it.
 	return n, nil
