@@ -96,7 +96,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) int {
 		case req.OrgID == nil || *req.OrgID == "":
 			return writeJSON(w, http.StatusBadRequest, EventsError{Error: "required", Field: "orgId"})
 		case !h.orgAllowed(*req.OrgID):
-			h.log.Warn("events from an organisation not allowed", "org", cut(*req.OrgID, 20))
+			h.log.Warn("events from an organisation not allowed", "org", Printable(*req.OrgID, 20))
 			return writeJSON(w, http.StatusForbidden, EventsError{Error: "organization not allowed", Field: "orgId"})
 		}
 	}
@@ -328,21 +328,7 @@ func jsonField(rec map[string]json.RawMessage, name string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "", false
-	}
-	switch raw[0] {
-	case '"':
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
-			return "", false
-		}
-		return s, true
-	case 'n', '{', '[':
-		return "", false
-	}
-	return string(raw), true // true, false, or a number
+	return JSONValue(raw)
 }
 
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }

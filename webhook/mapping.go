@@ -1,6 +1,8 @@
 package webhook
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -258,7 +260,7 @@ func (m Mapping) Object(name string) (string, Object, bool) {
 func (m Mapping) Record(object, id string, fields func(name string) (string, bool), o RecordOptions) (guard.Update, []Warning, error) {
 	name, obj, ok := m.Object(object)
 	if !ok {
-		return guard.Update{}, nil, fmt.Errorf("%w: %q", ErrUnknownObject, cut(object, 40))
+		return guard.Update{}, nil, fmt.Errorf("%w: %q", ErrUnknownObject, Printable(object, 40))
 	}
 	vocab := o.Vocabulary
 	if len(vocab.Granted) == 0 && len(vocab.Denied) == 0 {
@@ -442,12 +444,13 @@ func safeWord(s string) string {
 	if strings.ContainsRune(s, '@') || digits >= 5 {
 		return "***"
 	}
-	return cut(s, 32)
+	return Printable(s, 32)
 }
 
-// cut shortens s to at most n runes, marking the cut; invalid UTF-8 and
-// control characters are replaced so that the result logs cleanly.
-func cut(s string, n int) string {
+// Printable shortens s to at most n runes, marking the cut; invalid UTF-8
+// and control characters are replaced so that text from Salesforce logs and
+// renders cleanly.
+func Printable(s string, n int) string {
 	var b strings.Builder
 	i := 0
 	for _, r := range s {
@@ -462,4 +465,39 @@ func cut(s string, n int) string {
 		i++
 	}
 	return b.String()
+}
+
+// JSONValue reads one field of a record in Salesforce REST shape (JSON
+// events, REST API query results) as the string Record takes: strings as
+// they are, booleans "true"/"false", numbers as written. null, objects and
+// arrays report false (absent).
+func JSONValue(raw json.RawMessage) (string, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", false
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return "", false
+		}
+		return s, true
+	case 't', 'f':
+		var b bool
+		if json.Unmarshal(raw, &b) != nil {
+			return "", false
+		}
+		if b {
+			return "true", true
+		}
+		return "false", true
+	case 'n', '{', '[':
+		return "", false
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return "", false
+	}
+	return n.String(), true
 }

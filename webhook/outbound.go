@@ -30,10 +30,10 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 	h.release(buf)
 	if err != nil {
 		h.log.Info("outbound message rejected", "err", err)
-		return writeFault(w, http.StatusBadRequest, "Client", cut(err.Error(), 300))
+		return writeFault(w, http.StatusBadRequest, "Client", Printable(err.Error(), 300))
 	}
 	if !h.orgAllowed(msg.OrganizationID) {
-		h.log.Warn("outbound message from an organisation not allowed", "org", cut(msg.OrganizationID, 20))
+		h.log.Warn("outbound message from an organisation not allowed", "org", Printable(msg.OrganizationID, 20))
 		return writeFault(w, http.StatusForbidden, "Client", "organization not allowed")
 	}
 
@@ -93,7 +93,7 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 			done = done[:len(done)-1]
 			h.log.Info("outbound notification rejected", "org", org, "notification", n.ID, "err", err)
 			if rejected == "" {
-				rejected = cut(fmt.Sprintf("notification %d (%s): %v", first[j]+1, n.ID, err), 300)
+				rejected = Printable(fmt.Sprintf("notification %d (%s): %v", first[j]+1, n.ID, err), 300)
 			}
 			continue
 		}

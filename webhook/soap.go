@@ -110,7 +110,7 @@ func decodeOutbound(data []byte) (*outbound, error) {
 					return nil, err
 				}
 			default:
-				return nil, badEnvelope("unexpected element %s in Envelope", cut(string(t.name.local), 40))
+				return nil, badEnvelope("unexpected element %s in Envelope", Printable(string(t.name.local), 40))
 			}
 		case tokEnd:
 			if msg == nil {
@@ -142,7 +142,7 @@ func decodeBody(s *scanner) (*outbound, error) {
 		switch t.kind {
 		case tokStart:
 			if !t.name.is(nsOutbound, "notifications") || msg != nil {
-				return nil, badEnvelope("SOAP Body holds %s, want one notifications element", cut(string(t.name.local), 40))
+				return nil, badEnvelope("SOAP Body holds %s, want one notifications element", Printable(string(t.name.local), 40))
 			}
 			if msg, err = decodeNotifications(s); err != nil {
 				return nil, err

@@ -360,7 +360,7 @@ func (s *scanner) startTag() (xtoken, error) {
 	}
 	space, ok := s.resolve(prefix, true)
 	if !ok {
-		return xtoken{}, s.errorf("unbound namespace prefix %q", cut(string(prefix), 20))
+		return xtoken{}, s.errorf("unbound namespace prefix %q", Printable(string(prefix), 20))
 	}
 	name := xname{space: space, local: local}
 	s.attrs = s.attrs[:0]
@@ -371,7 +371,7 @@ func (s *scanner) startTag() (xtoken, error) {
 		var sp []byte
 		if a.prefix != nil {
 			if sp, ok = s.resolve(a.prefix, false); !ok {
-				return xtoken{}, s.errorf("unbound namespace prefix %q", cut(string(a.prefix), 20))
+				return xtoken{}, s.errorf("unbound namespace prefix %q", Printable(string(a.prefix), 20))
 			}
 		}
 		s.attrs = append(s.attrs, xattr{name: xname{space: sp, local: a.local}, value: a.value})

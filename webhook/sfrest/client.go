@@ -13,7 +13,6 @@
 package sfrest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,7 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
+
+	"github.com/consentguard/consentguard/webhook"
 )
 
 // Defaults for Config.
@@ -125,7 +125,7 @@ func New(cfg Config) (*Client, error) {
 		ver = DefaultAPIVersion
 	}
 	if !apiVersionRE.MatchString(ver) {
-		errs = append(errs, fmt.Errorf("api_version: %q is not like 62.0", cut(cfg.APIVersion, 20)))
+		errs = append(errs, fmt.Errorf("api_version: %q is not like 62.0", webhook.Printable(cfg.APIVersion, 20)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -209,7 +209,7 @@ func (c *Client) authenticate(ctx context.Context) (string, *url.URL, error) {
 	if status != http.StatusOK {
 		e := &APIError{Op: "token", Status: status}
 		if jerr == nil {
-			e.Code, e.Message = cut(tr.Error, 60), cut(tr.ErrorDescription, 300)
+			e.Code, e.Message = webhook.Printable(tr.Error, 60), webhook.Printable(tr.ErrorDescription, 300)
 		}
 		return "", nil, e
 	}
@@ -217,7 +217,7 @@ func (c *Client) authenticate(ctx context.Context) (string, *url.URL, error) {
 		return "", nil, fmt.Errorf("salesforce token: %w: no access_token in the answer", ErrResponse)
 	}
 	if tt := tr.TokenType; tt != "" && !strings.EqualFold(tt, "Bearer") {
-		return "", nil, fmt.Errorf("salesforce token: %w: token_type %q, want Bearer", ErrResponse, cut(tt, 20))
+		return "", nil, fmt.Errorf("salesforce token: %w: token_type %q, want Bearer", ErrResponse, webhook.Printable(tt, 20))
 	}
 	inst := c.login
 	if tr.InstanceURL != "" {
@@ -319,7 +319,7 @@ func apiError(op string, status int, body []byte) *APIError {
 		ErrorCode string `json:"errorCode"`
 	}
 	if json.Unmarshal(body, &list) == nil && len(list) > 0 {
-		e.Code, e.Message = cut(list[0].ErrorCode, 60), cut(list[0].Message, 300)
+		e.Code, e.Message = webhook.Printable(list[0].ErrorCode, 60), webhook.Printable(list[0].Message, 300)
 		return e
 	}
 	var one struct {
@@ -327,7 +327,7 @@ func apiError(op string, status int, body []byte) *APIError {
 		ErrorCode string `json:"errorCode"`
 	}
 	if json.Unmarshal(body, &one) == nil {
-		e.Code, e.Message = cut(one.ErrorCode, 60), cut(one.Message, 300)
+		e.Code, e.Message = webhook.Printable(one.ErrorCode, 60), webhook.Printable(one.Message, 300)
 	}
 	return e
 }
@@ -351,38 +351,7 @@ func (r Record) Field(name string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return scalar(raw)
-}
-
-func scalar(raw json.RawMessage) (string, bool) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "", false
-	}
-	switch raw[0] {
-	case '"':
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
-			return "", false
-		}
-		return s, true
-	case 't', 'f':
-		var b bool
-		if json.Unmarshal(raw, &b) != nil {
-			return "", false
-		}
-		if b {
-			return "true", true
-		}
-		return "false", true
-	case 'n', '{', '[':
-		return "", false
-	}
-	var n json.Number
-	if json.Unmarshal(raw, &n) != nil {
-		return "", false
-	}
-	return n.String(), true
+	return webhook.JSONValue(raw)
 }
 
 // Page is one batch of a query result.
@@ -466,23 +435,4 @@ func newRecord(raw map[string]json.RawMessage) Record {
 		}
 	}
 	return r
-}
-
-// cut shortens s to n runes and replaces control characters, so that
-// Salesforce text logs cleanly.
-func cut(s string, n int) string {
-	var b strings.Builder
-	i := 0
-	for _, r := range s {
-		if i == n {
-			b.WriteString("…")
-			break
-		}
-		if r < ' ' || r == 0x7f || r == utf8.RuneError {
-			r = '?'
-		}
-		b.WriteRune(r)
-		i++
-	}
-	return b.String()
 }

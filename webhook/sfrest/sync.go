@@ -165,7 +165,7 @@ func resolveObjects(m webhook.Mapping, want []string) ([]string, error) {
 		}
 		name, _, ok := m.Object(w)
 		if !ok {
-			errs = append(errs, fmt.Errorf("%w: %q", webhook.ErrUnknownObject, cut(w, 40)))
+			errs = append(errs, fmt.Errorf("%w: %q", webhook.ErrUnknownObject, webhook.Printable(w, 40)))
 			continue
 		}
 		if !slices.Contains(out, name) {
