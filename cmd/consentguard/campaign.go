@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -130,16 +129,7 @@ func importHandler(a *app) http.HandlerFunc {
 			object = "Contact"
 		}
 		body := http.MaxBytesReader(w, r.Body, maxListBytes)
-		sum, err := csvimport.Run(r.Context(), a.store, bufio.NewReaderSize(body, 64<<10), csvimport.Options{
-			Object:  object,
-			Mapping: a.cfg.Salesforce.Objects,
-			Record: webhook.RecordOptions{
-				Vocabulary: a.cfg.Salesforce.Values,
-				Region:     a.cfg.Identity.DefaultRegion,
-				Now:        time.Now(),
-			},
-			Logger: a.log,
-		})
+		sum, err := csvimport.Run(r.Context(), a.store, bufio.NewReaderSize(body, 64<<10), a.importOptions(object))
 		status := http.StatusOK
 		resp := map[string]any{"summary": sum}
 		var mbe *http.MaxBytesError

@@ -22,15 +22,11 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 	if fs.NArg() != 1 {
 		return &usageError{"import: want one CSV file (or - for stdin)"}
 	}
-	var in io.Reader = os.Stdin
-	if name := fs.Arg(0); name != "-" {
-		f, err := os.Open(name)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		in = f
+	in, err := openInput(fs.Arg(0))
+	if err != nil {
+		return err
 	}
+	defer in.Close()
 	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
 	if err != nil {
 		return err
@@ -39,8 +35,18 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 	if a.cfg.Embedded() {
 		a.log.Warn("no Redis configured: importing into an embedded store that is discarded when this command exits; set CONSENTGUARD_REDIS_URL")
 	}
-	sum, err := csvimport.Run(ctx, a.store, bufio.NewReaderSize(in, 64<<10), csvimport.Options{
-		Object:  *object,
+	sum, err := csvimport.Run(ctx, a.store, bufio.NewReaderSize(in, 64<<10), a.importOptions(*object))
+	fmt.Fprintln(stdout, sum.String())
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	return nil
+}
+
+// importOptions maps the configuration onto a CSV import of object.
+func (a *app) importOptions(object string) csvimport.Options {
+	return csvimport.Options{
+		Object:  object,
 		Mapping: a.cfg.Salesforce.Objects,
 		Record: webhook.RecordOptions{
 			Vocabulary: a.cfg.Salesforce.Values,
@@ -48,10 +54,13 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 			Now:        time.Now(),
 		},
 		Logger: a.log,
-	})
-	fmt.Fprintln(stdout, sum.String())
-	if err != nil {
-		return fmt.Errorf("import: %w", err)
 	}
-	return nil
+}
+
+// openInput opens a named file, or standard input for "-".
+func openInput(name string) (io.ReadCloser, error) {
+	if name == "-" {
+		return io.NopCloser(os.Stdin), nil
+	}
+	return os.Open(name)
 }

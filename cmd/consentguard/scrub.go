@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/consentguard/consentguard/guard"
 	"github.com/consentguard/consentguard/guard/scrub"
@@ -44,15 +43,11 @@ func runScrub(ctx context.Context, args []string, getenv func(string) string, st
 	default:
 		return &usageError{fmt.Sprintf("scrub: -kind %q: want email, phone or contact", *kind)}
 	}
-	var in io.Reader = os.Stdin
-	if name := fs.Arg(0); name != "-" {
-		f, err := os.Open(name)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		in = f
+	in, err := openInput(fs.Arg(0))
+	if err != nil {
+		return err
 	}
+	defer in.Close()
 	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
 	if err != nil {
 		return err
