@@ -25,12 +25,23 @@ const lookupChunk = 256
 // yields a record. Record Ids read the record directly. Tombstones are left
 // out.
 //
-// Round trips: on a standalone or Sentinel-managed Redis, the whole batch is
-// one pipeline of read-only script runs (SMEMBERS → HMGET → verify inside
-// Redis, lookupChunk identifiers each), so a single check costs exactly one
-// round trip, like a bare HGET. A *redis.ClusterClient cannot run a script
-// that reads keys of other slots, so there Lookup takes two pipelined round
-// trips: SMEMBERS of every index key, then HMGET of every record named.
+// Round trips: every path answers a single check in one round trip, like
+// a bare HGET, except Cluster.
+//
+//   - Standalone or Sentinel-managed Redis >= 7.0: one native command per
+//     identifier, SORT_RO <index> BY nosort GET # GET <record>->l GET
+//     <record>->i (HGET l for a record Id), verified in Go; a batch is one
+//     pipeline, or up to sortParallel concurrent pipelines of sortChunk
+//     (sortlookup.go).
+//   - Where Redis refuses that (Redis < 7.0, an ACL user without read access
+//     to all keys, miniredis): the read-only Lua script (SMEMBERS → HMGET →
+//     verify inside Redis, lookupChunk identifiers per run, all runs in one
+//     pipeline). Init probes for this; a refusal met by a lookup also
+//     switches, and the lookup is answered by the script. The switch lasts
+//     for the life of the Store.
+//   - *redis.ClusterClient: neither SORT GET patterns nor a script may read
+//     keys of other slots, so Lookup takes two pipelined round trips there:
+//     SMEMBERS of every index key, then HMGET of every record named.
 //
 // Index entries found stale are removed after the answer is built (best
 // effort, never failing the lookup).
@@ -110,16 +121,22 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 	if len(chunks) == 0 {
 		return nil, nil
 	}
+	// EVALSHA_RO / EVAL_RO, or EVALSHA / EVAL where those are refused
+	// (Redis < 7.0): the script only reads either way.
+	evalSha, eval := lookupScript.EvalShaRO, lookupScript.EvalRO
+	if s.roOff.Load() {
+		evalSha, eval = lookupScript.EvalSha, lookupScript.Eval
+	}
 	cmds := make([]*redis.Cmd, len(chunks))
 	if len(chunks) == 1 {
-		cmds[0] = lookupScript.EvalShaRO(ctx, s.rdb, chunks[0].keys, s.prefix)
+		cmds[0] = evalSha(ctx, s.rdb, chunks[0].keys, s.prefix)
 		if isNoScript(cmds[0].Err()) {
-			cmds[0] = lookupScript.EvalRO(ctx, s.rdb, chunks[0].keys, s.prefix)
+			cmds[0] = eval(ctx, s.rdb, chunks[0].keys, s.prefix)
 		}
 	} else {
 		pipe := s.rdb.Pipeline()
 		for i := range chunks {
-			cmds[i] = lookupScript.EvalShaRO(ctx, pipe, chunks[i].keys, s.prefix)
+			cmds[i] = evalSha(ctx, pipe, chunks[i].keys, s.prefix)
 		}
 		_, _ = pipe.Exec(ctx)
 		var retry redis.Pipeliner
@@ -128,12 +145,17 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 				if retry == nil {
 					retry = s.rdb.Pipeline()
 				}
-				cmds[i] = lookupScript.EvalRO(ctx, retry, chunks[i].keys, s.prefix)
+				cmds[i] = eval(ctx, retry, chunks[i].keys, s.prefix)
 			}
 		}
 		if retry != nil {
 			_, _ = retry.Exec(ctx)
 		}
+	}
+	if err := cmds[0].Err(); !s.roOff.Load() && commandRefused(err) {
+		s.roOff.Store(true)
+		s.log.Info("cache: EVALSHA_RO is not available on this Redis; the lookup script runs with EVALSHA", "reason", err.Error())
+		return s.lookupScripted(ctx, ids, out)
 	}
 	var stale []pair
 	for i, cmd := range cmds {

@@ -204,12 +204,14 @@ func TestSortFallback(t *testing.T) {
 	// Users: one allowed every key and one allowed to read every key (SORT
 	// GET works for both), one limited to the consentguard prefix (Redis 7
 	// refuses SORT GET patterns to a user without read access to all keys),
-	// one without SORT_RO.
+	// one without SORT_RO, one without any of the *_RO commands.
 	for _, acl := range [][]any{
 		{"ACL", "SETUSER", "allkeys", "on", ">pw", "~*", "+@all"},
 		{"ACL", "SETUSER", "readall", "on", ">pw", "%R~*", "~cg:*", "+@all"},
 		{"ACL", "SETUSER", "prefixed", "on", ">pw", "~cg:*", "+@all"},
 		{"ACL", "SETUSER", "nosort", "on", ">pw", "~*", "+@all", "-sort_ro"},
+		// Like Redis 6: neither SORT_RO nor EVALSHA_RO / EVAL_RO.
+		{"ACL", "SETUSER", "noro", "on", ">pw", "~*", "+@all", "-sort_ro", "-evalsha_ro", "-eval_ro"},
 	} {
 		if err := admin.Do(ctx, acl...).Err(); err != nil {
 			t.Fatal(err)
@@ -246,6 +248,7 @@ func TestSortFallback(t *testing.T) {
 		{"ReadAllKeysUser", client("readall"), "sort"},
 		{"PrefixedUser", client("prefixed"), "script"},
 		{"NoSortUser", client("nosort"), "script"},
+		{"NoReadOnlyCommandsUser", client("noro"), "script"},
 		{"Embedded", emb.Client(), "script"},
 	} {
 		for _, init := range []bool{true, false} {

@@ -48,7 +48,7 @@ func (s *Store) disableSort(err error) {
 		if len(msg) > 120 {
 			msg = msg[:120]
 		}
-		s.log.Warn("cache: SORT_RO with GET patterns is not available on this Redis (needs Redis >= 7.0 and, with ACLs, a user allowed all keys); lookups use the slower Lua script", "reason", msg)
+		s.log.Info("cache: SORT_RO with GET patterns is not available on this Redis (needs Redis >= 7.0 and, with ACLs, a user allowed to read all keys); lookups use the slower Lua script", "reason", msg)
 	}
 }
 
@@ -89,6 +89,17 @@ func sortRefused(err error) bool {
 		}
 	}
 	return true
+}
+
+// commandRefused reports whether err is Redis refusing a command as such:
+// unknown (older Redis) or not permitted to this ACL user.
+func commandRefused(err error) bool {
+	var re redis.Error
+	if err == nil || !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "ERR unknown command") || (strings.HasPrefix(msg, "NOPERM") && strings.Contains(msg, "permissions to run"))
 }
 
 // sortCmd builds SORT_RO key BY nosort GET # GET <l pattern> GET <i pattern>

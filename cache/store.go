@@ -65,6 +65,9 @@ type Store struct {
 	// once Redis refuses SORT_RO (see sortlookup.go).
 	sortPatL, sortPatI any
 	sortOff            atomic.Bool
+	// roOff: EVALSHA_RO is refused (Redis < 7.0); the lookup script runs
+	// with EVALSHA.
+	roOff atomic.Bool
 }
 
 var _ guard.Store = (*Store)(nil)
