@@ -123,9 +123,18 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 	}
 	// EVALSHA_RO / EVAL_RO, or EVALSHA / EVAL where those are refused
 	// (Redis < 7.0): the script only reads either way.
-	evalSha, eval := lookupScript.EvalShaRO, lookupScript.EvalRO
-	if s.roOff.Load() {
-		evalSha, eval = lookupScript.EvalSha, lookupScript.Eval
+	ro := !s.roOff.Load()
+	evalSha := func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd {
+		if ro {
+			return lookupScript.EvalShaRO(ctx, c, keys, args...)
+		}
+		return lookupScript.EvalSha(ctx, c, keys, args...)
+	}
+	eval := func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd {
+		if ro {
+			return lookupScript.EvalRO(ctx, c, keys, args...)
+		}
+		return lookupScript.Eval(ctx, c, keys, args...)
 	}
 	cmds := make([]*redis.Cmd, len(chunks))
 	if len(chunks) == 1 {
@@ -152,7 +161,7 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 			_, _ = retry.Exec(ctx)
 		}
 	}
-	if err := cmds[0].Err(); !s.roOff.Load() && commandRefused(err) {
+	if err := cmds[0].Err(); ro && commandRefused(err) {
 		s.roOff.Store(true)
 		s.log.Info("cache: EVALSHA_RO is not available on this Redis; the lookup script runs with EVALSHA", "reason", err.Error())
 		return s.lookupScripted(ctx, ids, out)

@@ -94,8 +94,11 @@ func sortRefused(err error) bool {
 // commandRefused reports whether err is Redis refusing a command as such:
 // unknown (older Redis) or not permitted to this ACL user.
 func commandRefused(err error) bool {
-	var re redis.Error
-	if err == nil || !errors.As(err, &re) {
+	if err == nil {
+		return false
+	}
+	var re redis.Error // escapes: declared after the nil check
+	if !errors.As(err, &re) {
 		return false
 	}
 	msg := re.Error()
