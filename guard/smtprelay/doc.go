@@ -14,10 +14,14 @@
 // permanent, an unreachable upstream is a 451.
 //
 // Upstream connections are pooled and, when the upstream offers PIPELINING
-// (RFC 2920), commands are batched. STARTTLS (RFC 3207) and AUTH PLAIN/LOGIN
-// (RFC 4954, RFC 4616) are spoken on both sides. Bare CR and bare LF in a
-// message are normalised to CRLF on the way out, so no upstream can find an
-// end-of-data marker where the relay saw none (SMTP smuggling).
+// (RFC 2920), commands are batched; with CHUNKING (RFC 3030) as well, the
+// message goes out as BDAT chunks (one round trip for a message that fits
+// in one), otherwise as DATA. STARTTLS (RFC 3207) and AUTH PLAIN/LOGIN
+// (RFC 4954, RFC 4616) are spoken on both sides; inbound users are
+// configured with bcrypt or argon2id (RFC 9106, PHC string format) hashes.
+// Bare CR and bare LF in a message are normalised to CRLF on the way out,
+// so no upstream can find an end-of-data marker where the relay saw none
+// (SMTP smuggling).
 //
 // Replies on the wire are always fresh *smtp.SMTPError values built here:
 // go-smtp would send the text of any other error, and internal error text
