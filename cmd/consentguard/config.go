@@ -104,7 +104,7 @@ type SMTPConfig struct {
 	Domain           string            `yaml:"domain"`
 	TLSCert          string            `yaml:"tls_cert" validate:"required_with=TLSKey"`
 	TLSKey           string            `yaml:"tls_key" validate:"required_with=TLSCert"`
-	Users            map[string]string `yaml:"users"` // user → bcrypt hash
+	Users            map[string]string `yaml:"users"` // user → bcrypt or argon2id (PHC) hash
 	MaxMessageBytes  int64             `yaml:"max_message_bytes" validate:"gte=0"`
 	MaxRecipients    int               `yaml:"max_recipients" validate:"gte=0"`
 	ConsentHeader    bool              `yaml:"consent_header"`
