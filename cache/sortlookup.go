@@ -20,14 +20,17 @@ import (
 //
 // answers, for every record Id in the index set, the Id, the record's lookup
 // line and its identifier hashes (nil for a missing field or record) in one
-// native command that costs Redis about what an HGET costs. The index
-// entries are verified here in Go, exactly as the Lua script does it. A
-// record Id reads HGET <prefix>{<Id>}:r l. A batch is one pipeline.
+// native command: ~0.9 µs of server time on an idle Redis 7.0, against
+// 0.17 µs for an HGET and 10-20 µs for the Lua script. The index entries are
+// verified here in Go, exactly as the Lua script does it. A record Id reads
+// HGET <prefix>{<Id>}:r l. A batch is one pipeline, or a few concurrent
+// ones (sortChunk).
 //
 // SORT with BY/GET patterns needs Redis >= 7.0 (SORT_RO) and, under ACLs, a
-// user with access to every key: Redis refuses GET patterns to a user
-// restricted to key patterns such as ~cg:*. Where it is refused, the store
-// falls back to the read-only Lua script for good (sortOff).
+// user with read access to every key (~* or %R~*): Redis refuses GET
+// patterns to a user restricted to key patterns such as ~cg:*. Where it is
+// refused, the store falls back to the read-only Lua script for good
+// (sortOff).
 
 // sortArgCount is the number of SORT_RO arguments, command name included.
 const sortArgCount = 10
