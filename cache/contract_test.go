@@ -741,6 +741,43 @@ func runContract(t *testing.T, newBackend func(*testing.T) backend) {
 		}
 	})
 
+	t.Run("OlderSchemaRefused", func(t *testing.T) {
+		b := newBackend(t)
+		b.store(t, cache.Options{}) // records the current schema
+		for _, old := range []string{"1", ""} {
+			var err error
+			if old == "" {
+				err = b.rdb.HDel(ctx, "cg:meta", "schema").Err()
+			} else {
+				err = b.rdb.HSet(ctx, "cg:meta", "schema", old).Err()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = cache.New(b.rdb, cache.Options{HashKey: testKey}).Init(ctx)
+			if !errors.Is(err, cache.ErrSchema) || errors.Is(err, guard.ErrHashKeyMismatch) {
+				t.Fatalf("Init on schema %q: %v, want ErrSchema", old, err)
+			}
+		}
+	})
+
+	t.Run("HashOutsideTheHashFieldIsNotCarried", func(t *testing.T) {
+		// The lookup line also holds raw consent words from Salesforce; a
+		// word that happens to spell an identifier hash must not make the
+		// record carry that identifier.
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		a, other := email(t, "a@example.de"), email(t, "other@example.de")
+		h := idHash(testKey, a)
+		x := rid(t, 30)
+		mustApply(t, st, upd(x, v(1), c4("Ja", h, h+" x", "x "+h), other))
+		if err := b.rdb.SAdd(ctx, "cg:i:"+h, x).Err(); err != nil {
+			t.Fatal(err)
+		}
+		wantIDs(t, lookupIDs(t, st, a))
+		wantIDs(t, lookupIDs(t, st, other), x)
+	})
+
 	t.Run("InvalidUpdatesRejectedBeforeWriting", func(t *testing.T) {
 		st := newBackend(t).store(t, cache.Options{})
 		good := upd(rid(t, 50), v(1), c4("Ja", "", "", ""))

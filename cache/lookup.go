@@ -29,22 +29,25 @@ const lookupChunk = 256
 // a bare HGET, except Cluster.
 //
 //   - Standalone or Sentinel-managed Redis >= 7.0: one native command per
-//     identifier, SORT_RO <index> BY nosort GET # GET <record>->l GET
-//     <record>->i (HGET l for a record Id), verified in Go; a batch is one
+//     identifier, SORT_RO <index> BY nosort GET <record>->l (HGET l for a
+//     record Id), verified in Go from the lookup line alone; a batch is one
 //     pipeline, or up to sortParallel concurrent pipelines of sortChunk
 //     (sortlookup.go).
 //   - Where Redis refuses that (Redis < 7.0, an ACL user without read access
-//     to all keys, miniredis): the read-only Lua script (SMEMBERS → HMGET →
-//     verify inside Redis, lookupChunk identifiers per run, all runs in one
+//     to all keys, miniredis): the read-only Lua script (SMEMBERS → HGET l
+//     → verify inside Redis, lookupChunk identifiers per run, all runs in one
 //     pipeline). Init probes for this; a refusal met by a lookup also
 //     switches, and the lookup is answered by the script. The switch lasts
 //     for the life of the Store.
 //   - *redis.ClusterClient: neither SORT GET patterns nor a script may read
 //     keys of other slots, so Lookup takes two pipelined round trips there:
-//     SMEMBERS of every index key, then HMGET of every record named.
+//     SMEMBERS of every index key, then HGET l of every record named.
 //
 // Index entries found stale are removed after the answer is built (best
-// effort, never failing the lookup).
+// effort, never failing the lookup). On the SORT_RO path an entry naming a
+// record that is gone or a tombstone comes back as nil, without its Id;
+// only then does the lookup read the index set (SMEMBERS) to find and
+// remove such entries (sweepIndex).
 func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
 	if s.err != nil {
 		return nil, s.err
@@ -54,12 +57,13 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 		return out, nil
 	}
 	var stale []pair
+	var sweeps []sweep
 	var err error
 	switch {
 	case s.cluster:
 		stale, err = s.lookupCluster(ctx, ids, out)
 	case s.useSort():
-		stale, err = s.lookupSorted(ctx, ids, out)
+		stale, sweeps, err = s.lookupSorted(ctx, ids, out)
 		if r, ok := err.(errSortRefused); ok {
 			s.disableSort(r.err)
 			stale, err = s.lookupScripted(ctx, ids, out)
@@ -69,6 +73,13 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cache: lookup: %w", err)
+	}
+	if len(sweeps) > 0 {
+		more, err := s.sweepIndex(ctx, sweeps)
+		if err != nil {
+			s.log.Debug("cache: could not read index sets to remove stale entries", "count", len(sweeps), "err", err)
+		}
+		stale = append(stale, more...)
 	}
 	if len(stale) > 0 {
 		if err := s.unindex(ctx, stale); err != nil {
@@ -209,8 +220,9 @@ func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out 
 func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
 // lineFields is the number of NUL-separated fields per record in a lookup
-// line: Id, version, object, four consent words, updated.
-const lineFields = 8
+// line: identifier hashes, Id, version, object, four consent words,
+// updated.
+const lineFields = 9
 
 // decodeLines parses one or more lookup lines joined by NUL. The records'
 // strings share the line's memory.
@@ -233,6 +245,7 @@ func decodeLines(line string) ([]guard.Record, error) {
 	}
 	for r := range recs {
 		rec := &recs[r]
+		next() // identifier hashes
 		rec.ID = next()
 		rec.Version = millis(next())
 		rec.Object = next()
@@ -246,8 +259,7 @@ func decodeLines(line string) ([]guard.Record, error) {
 
 // lookupCluster answers in two pipelined round trips without scripts:
 // SMEMBERS (index) and HGET of the lookup line (record Ids) first, then
-// HMGET of the lookup line and identifier hashes of every record the index
-// named, verified here.
+// HGET of the lookup line of every record the index named, verified here.
 func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
 	hashes := make([]string, len(ids))
 	sets := make([]*redis.StringSliceCmd, len(ids))
@@ -271,7 +283,7 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 		return nil, err
 	}
-	reads := map[string]*redis.SliceCmd{}
+	reads := map[string]*redis.StringCmd{}
 	pipe = s.rdb.Pipeline()
 	for i := range ids {
 		switch {
@@ -286,7 +298,7 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		case sets[i] != nil:
 			for _, rid := range sets[i].Val() {
 				if _, ok := reads[rid]; !ok {
-					reads[rid] = pipe.HMGet(ctx, s.recordKey(rid), "l", "i")
+					reads[rid] = pipe.HGet(ctx, s.recordKey(rid), "l")
 				}
 			}
 		}
@@ -305,12 +317,8 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		members := sets[i].Val()
 		slices.Sort(members)
 		for _, rid := range members {
-			v := reads[rid].Val()
-			line := ""
-			if len(v) == 2 {
-				line = str(v[0])
-			}
-			if line == "" || !carries(v[1], hashes[i]) {
+			line := reads[rid].Val()
+			if !lineCarries(line, hashes[i]) {
 				stale = append(stale, pair{hash: hashes[i], id: rid})
 				continue
 			}
@@ -324,8 +332,8 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	return stale, nil
 }
 
-// recordFields are read by Get and the cluster lookup; "i" must stay last.
-var recordFields = []string{"v", "o", "c0", "c1", "c2", "c3", "u", "d", "i"}
+// recordFields are read by Get.
+var recordFields = []string{"v", "o", "c0", "c1", "c2", "c3", "u", "d"}
 
 // decodeRecord turns an HMGET of recordFields into a Record; ok is false
 // when the record does not exist.

@@ -98,12 +98,25 @@ func TestSortLookupVerifies(t *testing.T) {
 	if n := commandCalls(t, rdb, "evalsha_ro") + commandCalls(t, rdb, "eval_ro"); n != 0 {
 		t.Fatalf("script calls = %d on the SORT_RO path", n)
 	}
+	// The tombstone and the record never written come back as nil, without
+	// their Ids: one SMEMBERS finds them for the cleanup.
+	if n := commandCalls(t, rdb, "smembers"); n != 1 {
+		t.Fatalf("SMEMBERS calls = %d, want 1 (cleanup)", n)
+	}
 	// Stale entries were removed, valid ones kept.
 	members, err := rdb.SMembers(ctx, key).Result()
 	if err != nil || len(members) != 2 {
 		t.Fatalf("index after cleanup = %v, %v", members, err)
 	}
 	wantIDs(t, lookupIDs(t, st, other), moved)
+	// A clean index costs the one SORT_RO and nothing else.
+	resetStats(t, rdb)
+	wantIDs(t, lookupIDs(t, st, shared), x, y)
+	for cmd, want := range map[string]int{"sort_ro": 1, "smembers": 0, "srem": 0, "hmget": 0, "hget": 0} {
+		if n := commandCalls(t, rdb, cmd); n != want {
+			t.Fatalf("%s calls for a clean lookup = %d, want %d", cmd, n, want)
+		}
+	}
 
 	// The same in a pipelined batch, with record Ids (a tombstone's Id gives
 	// nothing) and the partial-hash key.

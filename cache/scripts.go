@@ -12,8 +12,10 @@ import "github.com/redis/go-redis/v9"
 //	i   the identifier hashes the record carries, sorted, space-separated
 //	d   "1" on a tombstone (consent and identifiers cleared)
 //	u   last change, unix milliseconds
-//	l   the lookup line: Id, v, o, c0, c1, c2, c3, u joined by NUL bytes;
-//	    absent on a tombstone. Lookups read only l and i, and return l as is.
+//	l   the lookup line: i, Id, v, o, c0, c1, c2, c3, u joined by NUL
+//	    bytes; absent on a tombstone. Lookups read only l: it says whether
+//	    the record is live (present) and which hashes it carries (its first
+//	    field), so an index entry is verified from this one field.
 //
 // Outcome codes returned by casScript equal guard.Outcome values; 0 means
 // "erase of a record that does not exist".
@@ -91,7 +93,7 @@ local function tombstone(tvs)
 end
 
 local function write(v, words, k, ids, outcome)
-  local line = table.concat({ARGV[14], v, obj, words[1], words[2], words[3], words[4], now}, '\0')
+  local line = table.concat({ids, ARGV[14], v, obj, words[1], words[2], words[3], words[4], now}, '\0')
   redis.call('HSET', rk, 'v', v, 'o', obj, 'c0', words[1], 'c1', words[2],
     'c2', words[3], 'c3', words[4], 'k', k, 'i', ids, 'u', now, 'l', line)
   redis.call('HDEL', rk, 'd')
@@ -160,11 +162,11 @@ return write(svs, w, table.concat(k), ids, outcome)
 //
 // KEYS[j] is an index key (prefix+"i:"+hash) or a record key
 // (prefix+"{Id}:r"); ARGV[1] is the key prefix. For an index key it reads the
-// lookup line and identifier hashes of every record the set names and keeps
-// the records that are live and still carry the hash: the index is only a
-// hint. The record keys it reads are not in KEYS, which standalone Redis and
-// Sentinel allow and Cluster does not: Store.Lookup uses two pipelined round
-// trips there instead.
+// lookup line of every record the set names and keeps the records that are
+// live (have a line) and still carry the hash (the line's first field lists
+// it): the index is only a hint. The record keys it reads are not in KEYS,
+// which standalone Redis and Sentinel allow and Cluster does not:
+// Store.Lookup uses two pipelined round trips there instead.
 //
 // Returns {lines, stale}: lines[j] holds the lookup lines of the records
 // found for item j joined by NUL ("" for none); stale lists (hash, id) pairs
@@ -176,6 +178,18 @@ var lookupScript = redis.NewScript(`
 local p = ARGV[1]
 local pl = #p
 local stale
+-- the line's first field (64-hex hashes joined by spaces) holds h
+local function carries(line, h)
+  local e = string.find(line, '\0', 1, true)
+  if not e or #h ~= 64 then return false end
+  local i = 1
+  while true do
+    i = string.find(line, h, i, true)
+    if not i or i > e then return false end
+    if (i - 1) % 65 == 0 then return true end
+    i = i + 1
+  end
+end
 local function find(k)
   if string.byte(k, pl + 1) == 123 then
     return redis.call('HGET', k, 'l') or ''
@@ -187,9 +201,9 @@ local function find(k)
   if n > 1 then table.sort(ids) end
   local line
   for m = 1, n do
-    local r = redis.call('HMGET', p .. '{' .. ids[m] .. '}:r', 'l', 'i')
-    if r[1] and r[2] and string.find(r[2], h, 1, true) then
-      if line then line = line .. '\0' .. r[1] else line = r[1] end
+    local l = redis.call('HGET', p .. '{' .. ids[m] .. '}:r', 'l')
+    if l and carries(l, h) then
+      if line then line = line .. '\0' .. l else line = l end
     else
       stale = stale or {}
       stale[#stale + 1] = h
@@ -206,4 +220,19 @@ end
 local out = {}
 for j = 1, #KEYS do out[j] = find(KEYS[j]) end
 return {out, stale or {}}
+`)
+
+// initScript records the hash key's fingerprint (ARGV[1]) and the data
+// schema (ARGV[2]) in the meta hash KEYS[1] if it holds no fingerprint yet,
+// both at once, so data written before there was a schema (a fingerprint
+// without one) is never stamped with the current schema. Returns the
+// stored fingerprint, the stored schema ("" for none) and "1" if it
+// recorded them now, else "0".
+var initScript = redis.NewScript(`
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'schema')
+if not m[1] then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'schema', ARGV[2])
+  return {ARGV[1], ARGV[2], '1'}
+end
+return {m[1], m[2] or '', '0'}
 `)

@@ -16,15 +16,16 @@ import (
 
 // The read path on a standalone or Sentinel-managed Redis (see Lookup):
 //
-//	SORT_RO <prefix>i:<hash> BY nosort GET # GET <prefix>{*}:r->l GET <prefix>{*}:r->i
+//	SORT_RO <prefix>i:<hash> BY nosort GET <prefix>{*}:r->l
 //
-// answers, for every record Id in the index set, the Id, the record's lookup
-// line and its identifier hashes (nil for a missing field or record) in one
-// native command: ~0.9 µs of server time on an idle Redis 7.0, against
-// 0.17 µs for an HGET and 10-20 µs for the Lua script. The index entries are
-// verified here in Go, exactly as the Lua script does it. A record Id reads
-// HGET <prefix>{<Id>}:r l. A batch is one pipeline, or a few concurrent
-// ones (sortChunk).
+// answers, for every record Id in the index set, the record's lookup line
+// (nil for a tombstone or a missing record) in one native command with one
+// GET pattern. The line starts with the identifier hashes the record
+// carries and holds its Id, so the index entries are verified here in Go
+// from it alone, exactly as the Lua script does it. A nil tells that some
+// entry is stale but not which: only then is the set read (SMEMBERS) to
+// clean up (sweepIndex). A record Id reads HGET <prefix>{<Id>}:r l. A batch
+// is one pipeline, or a few concurrent ones (sortChunk).
 //
 // SORT with BY/GET patterns needs Redis >= 7.0 (SORT_RO) and, under ACLs, a
 // user with read access to every key (~* or %R~*): Redis refuses GET
@@ -33,7 +34,7 @@ import (
 // (sortOff).
 
 // sortArgCount is the number of SORT_RO arguments, command name included.
-const sortArgCount = 10
+const sortArgCount = 6
 
 // sortUsable reports whether prefix can go into a SORT GET pattern: Redis
 // substitutes the member for the pattern's first '*' and reads the pattern
@@ -108,13 +109,12 @@ func commandRefused(err error) bool {
 	return strings.HasPrefix(msg, "ERR unknown command") || (strings.HasPrefix(msg, "NOPERM") && strings.Contains(msg, "permissions to run"))
 }
 
-// sortCmd builds SORT_RO key BY nosort GET # GET <l pattern> GET <i pattern>
-// in args (len sortArgCount); key is passed by pointer, which go-redis
-// writes like a string without boxing a copy.
+// sortCmd builds SORT_RO key BY nosort GET <l pattern> in args (len
+// sortArgCount); key is passed by pointer, which go-redis writes like a
+// string without boxing a copy.
 func (s *Store) sortCmd(ctx context.Context, args []any, key *string) *redis.StringSliceCmd {
 	args[0], args[1], args[2], args[3] = "sort_ro", key, "by", "nosort"
-	args[4], args[5], args[6], args[7] = "get", "#", "get", s.sortPatL
-	args[8], args[9] = "get", s.sortPatI
+	args[4], args[5] = "get", s.sortPatL
 	return redis.NewStringSliceCmd(ctx, args...)
 }
 
@@ -158,7 +158,7 @@ func (e errSortRefused) Error() string { return e.err.Error() }
 // Allocation: keys, arguments and commands are laid out per batch (one
 // key buffer, one slot array, one command list); what remains per
 // identifier is go-redis's command and its reply.
-func (s *Store) lookupSorted(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
+func (s *Store) lookupSorted(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, []sweep, error) {
 	if len(ids) <= sortChunk {
 		return s.lookupSortedChunk(ctx, ids, out)
 	}
@@ -167,6 +167,7 @@ func (s *Store) lookupSorted(ctx context.Context, ids []guard.Identifier, out []
 	// answers another.
 	type result struct {
 		stale []pair
+		sweep []sweep
 		err   error
 	}
 	chunks := (len(ids) + sortChunk - 1) / sortChunk
@@ -177,26 +178,28 @@ func (s *Store) lookupSorted(ctx context.Context, ids []guard.Identifier, out []
 		wg.Go(func() {
 			for c := int(next.Add(1) - 1); c < chunks; c = int(next.Add(1) - 1) {
 				lo, hi := c*sortChunk, min((c+1)*sortChunk, len(ids))
-				res[c].stale, res[c].err = s.lookupSortedChunk(ctx, ids[lo:hi], out[lo:hi])
+				res[c].stale, res[c].sweep, res[c].err = s.lookupSortedChunk(ctx, ids[lo:hi], out[lo:hi])
 			}
 		})
 	}
 	wg.Wait()
 	var stale []pair
+	var sweeps []sweep
 	var first error
 	for _, r := range res {
 		if _, ok := r.err.(errSortRefused); ok {
-			return nil, r.err
+			return nil, nil, r.err
 		}
 		if first == nil {
 			first = r.err
 		}
 		stale = append(stale, r.stale...)
+		sweeps = append(sweeps, r.sweep...)
 	}
 	if first != nil {
-		return nil, first
+		return nil, nil, first
 	}
-	return stale, nil
+	return stale, sweeps, nil
 }
 
 // A batch of more than sortChunk identifiers is split into pipelines of
@@ -208,7 +211,7 @@ const (
 	sortParallel = 4
 )
 
-func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
+func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, []sweep, error) {
 	var one [1]sortLookup
 	ls := one[:]
 	if len(ids) > 1 {
@@ -245,7 +248,7 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 		n++
 	}
 	if n == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	// Pass 2: commands. A slot holds a key string, so its address can go
 	// into the arguments, and the arguments.
@@ -292,13 +295,14 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 		}
 		if err := c.Err(); err != nil && err != redis.Nil {
 			if sortRefused(err) {
-				return nil, errSortRefused{err}
+				return nil, nil, errSortRefused{err}
 			}
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	slab := recordSlab{hint: len(ids)}
 	var stale []pair
+	var sweeps []sweep
 	for i := range ls {
 		l := &ls[i]
 		switch {
@@ -309,42 +313,114 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 			}
 			recs := slab.take(1)
 			if err := decodeLine(line, &recs[0]); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			out[i] = recs
 		case l.set != nil:
 			v := l.set.Val()
-			if len(v)%3 != 0 {
-				return nil, errors.New("malformed SORT_RO reply")
-			}
-			live := 0
-			for m := 0; m < len(v); m += 3 {
-				if v[m+1] != "" && hasHash(v[m+2], l.hash) {
+			live, gone := 0, false
+			for _, line := range v {
+				switch {
+				case line == "":
+					gone = true // a tombstone or no record: Id unknown
+				case lineCarries(line, l.hash):
 					live++
-				} else {
-					stale = append(stale, pair{hash: l.hash, id: v[m]})
-				}
-			}
-			if live == 0 {
-				continue
-			}
-			recs := slab.take(live)
-			r := 0
-			for m := 0; m < len(v); m += 3 {
-				if v[m+1] != "" && hasHash(v[m+2], l.hash) {
-					if err := decodeLine(v[m+1], &recs[r]); err != nil {
-						return nil, err
+				default:
+					id, ok := lineID(line)
+					if !ok {
+						return nil, nil, errMalformedLine
 					}
-					r++
+					stale = append(stale, pair{hash: l.hash, id: id})
 				}
 			}
-			if live > 1 {
-				slices.SortFunc(recs, func(a, b guard.Record) int { return strings.Compare(a.ID, b.ID) })
+			var recs []guard.Record
+			if live > 0 {
+				recs = slab.take(live)
+				r := 0
+				for _, line := range v {
+					if line != "" && lineCarries(line, l.hash) {
+						if err := decodeLine(line, &recs[r]); err != nil {
+							return nil, nil, err
+						}
+						r++
+					}
+				}
+				if live > 1 {
+					slices.SortFunc(recs, func(a, b guard.Record) int { return strings.Compare(a.ID, b.ID) })
+				}
+				out[i] = recs
 			}
-			out[i] = recs
+			if gone {
+				sweeps = append(sweeps, sweep{hash: l.hash, keep: recs})
+			}
+		}
+	}
+	return stale, sweeps, nil
+}
+
+// sweep is an index set in which SORT_RO met an entry naming no live
+// record: keep are the records found live under it.
+type sweep struct {
+	hash string
+	keep []guard.Record
+}
+
+// sweepIndex reads the index sets of sweeps and returns their entries that
+// name none of the records kept, for unindex (which re-checks each record
+// before it lets a removal stand).
+func (s *Store) sweepIndex(ctx context.Context, sweeps []sweep) ([]pair, error) {
+	pipe := s.rdb.Pipeline()
+	seen := make(map[string]bool, len(sweeps))
+	cmds := make([]*redis.StringSliceCmd, len(sweeps))
+	for i, sw := range sweeps {
+		if seen[sw.hash] {
+			continue
+		}
+		seen[sw.hash] = true
+		cmds[i] = pipe.SMembers(ctx, s.indexKey(sw.hash))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	var stale []pair
+	for i, sw := range sweeps {
+		if cmds[i] == nil {
+			continue
+		}
+	members:
+		for _, id := range cmds[i].Val() {
+			for _, r := range sw.keep {
+				if r.ID == id {
+					continue members
+				}
+			}
+			stale = append(stale, pair{hash: sw.hash, id: id})
 		}
 	}
 	return stale, nil
+}
+
+var errMalformedLine = errors.New("malformed lookup line")
+
+// lineCarries reports whether a lookup line ("" for none) lists hash h in
+// its first field, i.e. the record is live and carries the identifier.
+func lineCarries(line, h string) bool {
+	j := strings.IndexByte(line, 0)
+	return j >= 0 && hasHash(line[:j], h)
+}
+
+// lineID returns the record Id, the second field of a lookup line.
+func lineID(line string) (string, bool) {
+	j := strings.IndexByte(line, 0)
+	if j < 0 {
+		return "", false
+	}
+	line = line[j+1:]
+	j = strings.IndexByte(line, 0)
+	if j < 0 {
+		return "", false
+	}
+	return line[:j], true
 }
 
 // hasHash reports whether the record field i (space-separated hashes)
@@ -394,21 +470,22 @@ func decodeLine(line string, rec *guard.Record) error {
 	for k := range lineFields - 1 {
 		j := strings.IndexByte(line, 0)
 		if j < 0 {
-			return errors.New("malformed lookup line")
+			return errMalformedLine
 		}
 		f[k] = line[:j]
 		line = line[j+1:]
 	}
 	if strings.IndexByte(line, 0) >= 0 {
-		return errors.New("malformed lookup line")
+		return errMalformedLine
 	}
 	f[lineFields-1] = line
-	rec.ID = f[0]
-	rec.Version = millis(f[1])
-	rec.Object = f[2]
+	// f[0]: the identifier hashes
+	rec.ID = f[1]
+	rec.Version = millis(f[2])
+	rec.Object = f[3]
 	for c := range guard.NumChannels {
-		rec.Consent[c] = f[3+c]
+		rec.Consent[c] = f[4+c]
 	}
-	rec.UpdatedAt = millis(f[7])
+	rec.UpdatedAt = millis(f[8])
 	return nil
 }

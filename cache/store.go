@@ -60,11 +60,11 @@ type Store struct {
 	err     error // configuration error: every call fails closed with it
 	macs    sync.Pool
 
-	// SORT_RO GET patterns (prefix+"{*}:r->l", "->i"), boxed once; nil
-	// when the prefix cannot go into a pattern. sortOff is set for good
-	// once Redis refuses SORT_RO (see sortlookup.go).
-	sortPatL, sortPatI any
-	sortOff            atomic.Bool
+	// SORT_RO GET pattern (prefix+"{*}:r->l"), boxed once; nil when the
+	// prefix cannot go into a pattern. sortOff is set for good once Redis
+	// refuses SORT_RO (see sortlookup.go).
+	sortPatL any
+	sortOff  atomic.Bool
 	// roOff: EVALSHA_RO is refused (Redis < 7.0); the lookup script runs
 	// with EVALSHA.
 	roOff atomic.Bool
@@ -74,6 +74,16 @@ var _ guard.Store = (*Store)(nil)
 
 // ErrConfig marks an unusable Options value (short hash key, bad prefix).
 var ErrConfig = errors.New("cache: invalid configuration")
+
+// ErrSchema marks a Redis whose data was written in another layout
+// (prefix + "meta", field "schema") than this version reads and writes.
+// Init refuses it; there is no migration.
+var ErrSchema = errors.New("cache: data schema mismatch")
+
+// schema is the data layout this version writes, recorded in prefix+"meta".
+// 2: the lookup line l starts with the identifier hashes (lookups read
+// only l). 1: l without them, read together with i.
+const schema = "2"
 
 // New returns a Store on rdb. It does not talk to Redis; call Init before
 // serving. A configuration problem (e.g. a short HashKey) is reported by Init
@@ -116,7 +126,6 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	s.macs.New = func() any { return &mac{h: hmac.New(sha256.New, s.key), buf: make([]byte, 0, 128)} }
 	if sortUsable(s.prefix) {
 		s.sortPatL = s.prefix + "{*}:r->l"
-		s.sortPatI = s.prefix + "{*}:r->i"
 	}
 	return s
 }
@@ -124,29 +133,35 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 // fingerprintLabel is HMAC'd with the hash key to fingerprint it.
 const fingerprintLabel = "consentguard-fingerprint"
 
-// Init checks the configuration, records the hash key's fingerprint in
-// Redis (prefix + "meta", field "fingerprint") unless one is there, and
-// refuses with an error wrapping guard.ErrHashKeyMismatch when the stored
-// fingerprint belongs to another key. It also loads the Lua scripts and
-// learns whether Redis allows the SORT_RO read path (see Lookup).
+// Init checks the configuration, records the hash key's fingerprint and
+// the data schema in Redis (prefix + "meta", fields "fingerprint" and
+// "schema") unless they are there, and refuses with an error wrapping
+// guard.ErrHashKeyMismatch when the stored fingerprint belongs to another
+// key, or wrapping ErrSchema when the data was written in another layout
+// (older versions' data is not migrated: rebuild it with a full sync into
+// an empty Redis or prefix). It also loads the Lua scripts and learns
+// whether Redis allows the SORT_RO read path (see Lookup).
 func (s *Store) Init(ctx context.Context) error {
 	if s.err != nil {
 		return s.err
 	}
 	fp := s.fingerprint()
 	meta := s.prefix + "meta"
-	pipe := s.rdb.Pipeline()
-	created := pipe.HSetNX(ctx, meta, "fingerprint", fp)
-	pipe.HSetNX(ctx, meta, "schema", "1")
-	got := pipe.HGet(ctx, meta, "fingerprint")
-	if _, err := pipe.Exec(ctx); err != nil {
+	v, err := initScript.Run(ctx, s.rdb, []string{meta}, fp, schema).StringSlice()
+	if err != nil {
 		return fmt.Errorf("cache: init: %w", err)
 	}
-	if created.Val() {
-		s.log.Info("cache: recorded the hash key's fingerprint in Redis", "key", meta, "fingerprint", fp)
+	if len(v) != 3 {
+		return fmt.Errorf("cache: init: unexpected reply of %d elements", len(v))
 	}
-	if got.Val() != fp {
-		return fmt.Errorf("%w: Redis holds fingerprint %s, the configured hash key has %s", guard.ErrHashKeyMismatch, got.Val(), fp)
+	if v[2] == "1" {
+		s.log.Info("cache: recorded the hash key's fingerprint in Redis", "key", meta, "fingerprint", fp, "schema", schema)
+	}
+	if v[0] != fp {
+		return fmt.Errorf("%w: Redis holds fingerprint %s, the configured hash key has %s", guard.ErrHashKeyMismatch, v[0], fp)
+	}
+	if v[1] != schema {
+		return fmt.Errorf("%w: %s was written with data schema %q, this version reads and writes schema %s and does not migrate; load the data again (consentguard sync) into an empty Redis or another key prefix", ErrSchema, meta, v[1], schema)
 	}
 	for _, sc := range []*redis.Script{casScript, lookupScript} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
