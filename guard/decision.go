@@ -97,33 +97,75 @@ func VersionString(t time.Time) string {
 // Decide applies decision rules 2–4 of DESIGN.md to the records found for
 // one identifier. It is pure: no store, no clock.
 func Decide(v Vocabulary, ch Channel, recs []Record) Decision {
+	var refs []RecordRef
+	if live := countLive(recs); live > 0 {
+		refs = make([]RecordRef, 0, live)
+	}
+	d, _ := decide(v, ch, recs, refs, nil)
+	return d
+}
+
+func countLive(recs []Record) int {
+	n := 0
+	for i := range recs {
+		if !recs[i].Deleted {
+			n++
+		}
+	}
+	return n
+}
+
+// versionCache remembers the last version rendered: the records of one
+// batch often share versions (bulk imports), and a hit saves formatting
+// and allocating the string.
+type versionCache struct {
+	t time.Time
+	s string
+}
+
+func (c *versionCache) get(t time.Time) string {
+	if c == nil {
+		return VersionString(t)
+	}
+	if c.s != "" && t.Equal(c.t) {
+		return c.s
+	}
+	c.t, c.s = t, VersionString(t)
+	return c.s
+}
+
+// decide is Decide appending the decision's RecordRefs to refs, whose
+// spare capacity (when there is enough) holds them without allocating.
+// The Decision's Records is capped to its own entries, so appending to it
+// never overwrites a neighbour's. It returns refs grown by the entries.
+func decide(v Vocabulary, ch Channel, recs []Record, refs []RecordRef, vc *versionCache) (Decision, []RecordRef) {
 	d := Decision{Channel: ch, Reason: ReasonUnknownContact, Records: []RecordRef{}}
 	worst := ReasonGranted
-	n := 0
+	start := len(refs)
 	for i := range recs {
 		r := &recs[i]
 		if r.Deleted {
 			continue
 		}
-		n++
 		reason := recordReason(v, ch, r)
-		d.Records = append(d.Records, RecordRef{
+		refs = append(refs, RecordRef{
 			ID:      r.ID,
 			Object:  r.Object,
 			Consent: r.Consent[ch],
-			Version: VersionString(r.Version),
+			Version: vc.get(r.Version),
 			Reason:  reason,
 		})
 		if reason.severity() > worst.severity() {
 			worst = reason
 		}
 	}
-	if n == 0 {
-		return d
+	if len(refs) == start {
+		return d, refs
 	}
+	d.Records = refs[start:len(refs):len(refs)]
 	d.Reason = worst
 	d.Allowed = worst == ReasonGranted
-	return d
+	return d, refs
 }
 
 // recordReason is rule 3 for one record.

@@ -125,10 +125,21 @@ func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision,
 
 // lookup asks the store under the guard's timeout and turns every failure
 // into ErrUnavailable.
+//
+// A caller whose own deadline falls within the guard's timeout already
+// bounds the store at least as tightly; its context is passed on as it is,
+// which saves a timer and a context per check. Otherwise the lookup runs
+// under a new context with the guard's timeout.
 func (g *Guard) lookup(ctx context.Context, ch Channel, ids []Identifier) ([][]Record, error) {
-	lctx, cancel := context.WithTimeout(ctx, g.timeout)
-	recs, err := g.store.Lookup(lctx, ids)
-	cancel()
+	var recs [][]Record
+	var err error
+	if dl, ok := ctx.Deadline(); ok && !dl.After(time.Now().Add(g.timeout)) {
+		recs, err = g.store.Lookup(ctx, ids)
+	} else {
+		lctx, cancel := context.WithTimeout(ctx, g.timeout)
+		recs, err = g.store.Lookup(lctx, ids)
+		cancel()
+	}
 	if err == nil && len(recs) != len(ids) {
 		err = fmt.Errorf("store answered %d of %d lookups", len(recs), len(ids))
 	}
@@ -157,15 +168,39 @@ func (g *Guard) CheckBatch(ctx context.Context, ch Channel, ids []Identifier) ([
 		}
 		return out, fmt.Errorf("%w: %d", ErrInvalidChannel, uint8(ch))
 	}
-	ask := make([]Identifier, 0, len(ids))
-	pos := make([]int, 0, len(ids))
+	// ask is ids itself unless some are zero: then the valid ones, with
+	// their positions in pos.
+	ask, pos := ids, []int(nil)
 	for i, id := range ids {
-		if id.Kind == 0 || id.Value == "" {
-			out[i] = g.deny(ch, id, ReasonInvalidIdentifier)
+		if id.Kind != 0 && id.Value != "" {
 			continue
 		}
-		ask = append(ask, id)
-		pos = append(pos, i)
+		if pos == nil {
+			ask = make([]Identifier, i, len(ids))
+			copy(ask, ids[:i])
+			pos = make([]int, i, len(ids))
+			for j := range pos {
+				pos[j] = j
+			}
+		}
+		break
+	}
+	if pos != nil {
+		for i := len(pos); i < len(ids); i++ {
+			id := ids[i]
+			if id.Kind == 0 || id.Value == "" {
+				out[i] = g.deny(ch, id, ReasonInvalidIdentifier)
+				continue
+			}
+			ask = append(ask, id)
+			pos = append(pos, i)
+		}
+	}
+	at := func(j int) int {
+		if pos == nil {
+			return j
+		}
+		return pos[j]
 	}
 	if len(ask) == 0 {
 		g.emit(out)
@@ -173,15 +208,26 @@ func (g *Guard) CheckBatch(ctx context.Context, ch Channel, ids []Identifier) ([
 	}
 	recs, err := g.lookup(ctx, ch, ask)
 	if err != nil {
-		for _, i := range pos {
+		for j := range ask {
+			i := at(j)
 			out[i] = g.deny(ch, ids[i], ReasonStoreUnavailable)
 		}
 		g.emit(out)
 		return out, err
 	}
+	// One backing array for every decision's records instead of one
+	// allocation per decision.
+	n := 0
+	for _, rs := range recs {
+		n += len(rs)
+	}
+	refs := make([]RecordRef, 0, n)
+	var vc versionCache
 	now := g.now()
-	for j, i := range pos {
-		d := Decide(g.vocab, ch, recs[j])
+	for j := range ask {
+		i := at(j)
+		var d Decision
+		d, refs = decide(g.vocab, ch, recs[j], refs, &vc)
 		d.Identifier = ids[i]
 		d.At = now
 		out[i] = d

@@ -161,6 +161,33 @@ func TestCheckFailsClosed(t *testing.T) {
 			t.Fatalf("decision = %+v", d)
 		}
 	})
+	// The guard's timeout bounds the store whatever deadline the caller
+	// brings: a later one (the guard's applies) or a sooner one (the
+	// caller's applies, passed on as it is).
+	t.Run("caller deadline later than timeout", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		g := guard.New(slowStore{}, guard.Options{Timeout: time.Millisecond})
+		d, err := g.Check(ctx, guard.Email, id)
+		if !errors.Is(err, guard.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if d.Allowed || d.Reason != guard.ReasonStoreUnavailable {
+			t.Fatalf("decision = %+v", d)
+		}
+	})
+	t.Run("caller deadline sooner than timeout", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		g := guard.New(slowStore{}, guard.Options{Timeout: time.Hour})
+		ds, err := g.CheckBatch(ctx, guard.Email, []guard.Identifier{id})
+		if !errors.Is(err, guard.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if ds[0].Allowed || ds[0].Reason != guard.ReasonStoreUnavailable {
+			t.Fatalf("decision = %+v", ds[0])
+		}
+	})
 	t.Run("caller cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -228,6 +255,29 @@ func TestCheckBatch(t *testing.T) {
 		}
 		if d.Reason != want || d.Allowed != (want == guard.ReasonGranted) {
 			t.Errorf("item %d: %+v, want %s", i, d, want)
+		}
+	}
+	// Decisions share one backing array for their records; each must
+	// still be its own: appending to one leaves its neighbour alone.
+	_ = append(ds[0].Records, guard.RecordRef{ID: "x"})
+	if ds[1].Records[0].ID != "1" || len(ds[3].Records) != 1 || ds[3].Records[0].ID != "3" {
+		t.Fatalf("records bleed between decisions: %+v / %+v", ds[1].Records, ds[3].Records)
+	}
+	// No zero identifier: the ids go to the store as they are.
+	ds, err = newGuard(st, nil).CheckBatch(context.Background(), guard.Email, ids[:7])
+	if err != nil || len(ds) != 7 || ds[3].Reason != guard.ReasonGranted || ds[4].Reason != guard.ReasonDenied || ds[5].Reason != guard.ReasonUnknownContact {
+		t.Fatalf("ds=%+v err=%v", ds, err)
+	}
+	// Zero identifiers first and last.
+	ids2 := append([]guard.Identifier{{}}, ids[:4]...)
+	ids2 = append(ids2, guard.Identifier{})
+	ds, err = newGuard(st, nil).CheckBatch(context.Background(), guard.Email, ids2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []guard.Reason{guard.ReasonInvalidIdentifier, guard.ReasonGranted, guard.ReasonDenied, guard.ReasonUnknownContact, guard.ReasonGranted, guard.ReasonInvalidIdentifier} {
+		if ds[i].Reason != want || ds[i].Identifier != ids2[i] {
+			t.Errorf("item %d: %+v, want %s", i, ds[i], want)
 		}
 	}
 	st.err = errors.New("boom")
