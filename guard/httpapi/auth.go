@@ -127,29 +127,64 @@ var principalKey principalCtxKey
 
 // authenticate guards every /v1/ path (built-in and extra routes): 401
 // unless the request presents a valid key or anonymous access is allowed.
+//
+// The check routes authenticate in their handlers (checkPrincipal) and are
+// skipped here: storing the principal in the gin context costs a map per
+// request, and checks are the hot path.
 func (s *server) authenticate(c *gin.Context) {
-	if !strings.HasPrefix(c.Request.URL.Path, "/v1/") {
+	if !strings.HasPrefix(c.Request.URL.Path, "/v1/") || selfAuthenticated(c) {
 		return
 	}
 	p := s.auth.principalFor(c.Request.Header)
 	if p == nil {
-		c.Header("WWW-Authenticate", `Bearer realm="consentguard"`)
-		s.fail(c, errUnauthenticated)
-		c.Abort()
+		s.unauthenticated(c)
 		return
 	}
 	c.Set(principalKey, p)
 }
 
-// authorized reports whether the request's principal holds scope, and
-// answers 403 when it does not.
-func (s *server) authorized(c *gin.Context, scope string) bool {
-	if principalOf(c).can(scope) {
+// selfAuthenticated reports whether the matched route is one of the check
+// routes, whose handlers authenticate themselves.
+func selfAuthenticated(c *gin.Context) bool {
+	switch c.FullPath() {
+	case "/v1/check":
+		return c.Request.Method == "GET" || c.Request.Method == "POST"
+	case "/v1/check/batch":
+		return c.Request.Method == "POST"
+	}
+	return false
+}
+
+func (s *server) unauthenticated(c *gin.Context) {
+	c.Header("WWW-Authenticate", `Bearer realm="consentguard"`)
+	s.fail(c, errUnauthenticated)
+	c.Abort()
+}
+
+// checkPrincipal authenticates a check request (see authenticate) and
+// answers 401 when it presents no valid key (nil).
+func (s *server) checkPrincipal(c *gin.Context) *principal {
+	p := s.auth.principalFor(c.Request.Header)
+	if p == nil {
+		s.unauthenticated(c)
+	}
+	return p
+}
+
+// authorizedAs is authorized for a principal the handler holds.
+func (s *server) authorizedAs(c *gin.Context, p *principal, scope string) bool {
+	if p.can(scope) {
 		return true
 	}
 	s.fail(c, errForbidden)
 	c.Abort()
 	return false
+}
+
+// authorized reports whether the request's principal holds scope, and
+// answers 403 when it does not.
+func (s *server) authorized(c *gin.Context, scope string) bool {
+	return s.authorizedAs(c, principalOf(c), scope)
 }
 
 func principalOf(c *gin.Context) *principal {

@@ -55,6 +55,10 @@ var checkScopes = func() (s [guard.NumChannels]string) {
 // contact_id=).
 func (s *server) handleCheckGet() gin.HandlerFunc {
 	return func(c *gin.Context) {
+		p := s.checkPrincipal(c)
+		if p == nil {
+			return
+		}
 		var req checkRequest
 		if err := parseCheckQuery(c.Request.URL.RawQuery, &req); err != nil {
 			s.fail(c, err)
@@ -63,13 +67,17 @@ func (s *server) handleCheckGet() gin.HandlerFunc {
 		// The query parser has already enforced what the validator tags
 		// say (channel present, exactly one identifier) at a fraction of
 		// the validator's reflection cost: this is the hot path.
-		s.check(c, &req)
+		s.check(c, p, &req)
 	}
 }
 
 // handleCheckPost serves POST /v1/check with a JSON checkRequest.
 func (s *server) handleCheckPost() gin.HandlerFunc {
 	return func(c *gin.Context) {
+		p := s.checkPrincipal(c)
+		if p == nil {
+			return
+		}
 		var req checkRequest
 		if err := s.decodeBody(c, &req); err != nil {
 			s.fail(c, err)
@@ -79,19 +87,19 @@ func (s *server) handleCheckPost() gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
-		s.check(c, &req)
+		s.check(c, p, &req)
 	}
 }
 
 // check is the common part of the single checks, for a validated request:
 // parse → authorise → guard → render.
-func (s *server) check(c *gin.Context, req *checkRequest) {
+func (s *server) check(c *gin.Context, p *principal, req *checkRequest) {
 	ch, err := guard.ParseChannel(req.Channel)
 	if err != nil {
 		s.fail(c, err)
 		return
 	}
-	if !s.authorized(c, checkScopes[ch]) {
+	if !s.authorizedAs(c, p, checkScopes[ch]) {
 		return
 	}
 	kind, raw := req.identifier()
@@ -207,6 +215,10 @@ func parseCheckQuery(raw string, req *checkRequest) error {
 // decision; the batch fails as a whole (503) only when the store does.
 func (s *server) handleCheckBatch() gin.HandlerFunc {
 	return func(c *gin.Context) {
+		p := s.checkPrincipal(c)
+		if p == nil {
+			return
+		}
 		var req batchRequest
 		if err := s.decodeBody(c, &req); err != nil {
 			s.fail(c, err)
@@ -230,7 +242,7 @@ func (s *server) handleCheckBatch() gin.HandlerFunc {
 			s.fail(c, err)
 			return
 		}
-		if !s.authorized(c, checkScopes[ch]) {
+		if !s.authorizedAs(c, p, checkScopes[ch]) {
 			return
 		}
 		ids, bad := s.parseItems(req.Items)
