@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/consentguard/consentguard/guard"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,15 +29,16 @@ func reasonIndex(r guard.Reason) int {
 
 // metrics are the handler's Prometheus collectors. The children used per
 // request are resolved once and cached, so a request costs a map lookup
-// and two atomic adds, not a label hash.
+// and two atomic adds, not a label hash. The map is copied on write and
+// read without a lock: it only grows, by route × method × status.
 type metrics struct {
 	requests  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	decisions *prometheus.CounterVec
 	byReason  [guard.NumChannels][len(reasons)]prometheus.Counter
 
-	mu       sync.RWMutex
-	children map[routeKey]routeMetrics
+	mu       sync.Mutex // serialises writers of children
+	children atomic.Pointer[map[routeKey]routeMetrics]
 }
 
 type routeKey struct {
@@ -64,8 +66,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "consentguard", Subsystem: "http", Name: "decisions_total",
 			Help: "Consent decisions answered over HTTP by channel and reason.",
 		}, []string{"channel", "reason"}),
-		children: map[routeKey]routeMetrics{},
 	}
+	m.children.Store(&map[routeKey]routeMetrics{})
 	if reg != nil {
 		m.requests = register(reg, m.requests)
 		m.latency = register(reg, m.latency)
@@ -111,20 +113,33 @@ func (m *metrics) observe(method, route string, status int, seconds float64) {
 	if k.route == "" {
 		k.route = "unmatched"
 	}
-	m.mu.RLock()
-	rm, ok := m.children[k]
-	m.mu.RUnlock()
+	rm, ok := (*m.children.Load())[k]
 	if !ok {
-		rm = routeMetrics{
-			count:   m.requests.WithLabelValues(k.route, k.method, strconv.Itoa(k.status)),
-			latency: m.latency.WithLabelValues(k.route, k.method),
-		}
-		m.mu.Lock()
-		m.children[k] = rm
-		m.mu.Unlock()
+		rm = m.child(k)
 	}
 	rm.count.Inc()
 	rm.latency.Observe(seconds)
+}
+
+// child resolves and caches the collectors of a new route key.
+func (m *metrics) child(k routeKey) routeMetrics {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.children.Load()
+	if rm, ok := old[k]; ok {
+		return rm
+	}
+	rm := routeMetrics{
+		count:   m.requests.WithLabelValues(k.route, k.method, strconv.Itoa(k.status)),
+		latency: m.latency.WithLabelValues(k.route, k.method),
+	}
+	next := make(map[routeKey]routeMetrics, len(old)+1)
+	for kk, v := range old {
+		next[kk] = v
+	}
+	next[k] = rm
+	m.children.Store(&next)
+	return rm
 }
 
 func boundMethod(m string) string {

@@ -128,13 +128,19 @@ func writeJSON(c *gin.Context, status int, v any) {
 var jsonContentType = []string{"application/json; charset=utf-8"}
 
 func writeBody(c *gin.Context, status int, b []byte) {
+	writeHeader(c, status, len(b))
+	_, _ = c.Writer.Write(b)
+}
+
+// writeHeader sends the status and a JSON content type; n is the body's
+// length, or -1 when it is streamed.
+func writeHeader(c *gin.Context, status, n int) {
 	h := c.Writer.Header()
 	h["Content-Type"] = jsonContentType
-	if len(b) > 2048 { // net/http sets it itself for small bodies
-		h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	if n > 2048 { // net/http sets it itself for small bodies
+		h["Content-Length"] = []string{strconv.Itoa(n)}
 	}
 	c.Writer.WriteHeader(status)
-	_, _ = c.Writer.Write(b)
 }
 
 // buffer pooling for response bodies.
