@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,7 +17,9 @@ import (
 
 // Benchmarks run against a real redis-server started for the benchmark.
 // BenchmarkBaselineHGET is the yardstick: one bare HGET per op on the same
-// server and client, so ratios can be read off one run:
+// server and client, so ratios can be read off one run. The single-lookup
+// benchmarks also report redis-server's own time per call of the command
+// (redis-µs/call, INFO commandstats), the least noisy figure here:
 //
 //	go test -run '^$' -bench . -benchmem ./cache/
 
@@ -61,6 +64,9 @@ func BenchmarkBaselineHGET(b *testing.B) {
 	ctx := context.Background()
 	key := "cg:{" + rid(b, 7) + "}:r"
 	cpu := redisCPU(b, rdb)
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		b.Fatal(err)
+	}
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := rdb.HGet(ctx, key, "c0").Err(); err != nil {
@@ -68,6 +74,7 @@ func BenchmarkBaselineHGET(b *testing.B) {
 		}
 	}
 	reportRedisCPU(b, rdb, cpu)
+	reportCmdTime(b, rdb, "hget")
 }
 
 // lookupPaths are the read paths the lookup benchmarks compare: SORT_RO
@@ -75,9 +82,26 @@ func BenchmarkBaselineHGET(b *testing.B) {
 var lookupPaths = []struct {
 	name  string
 	tweak func(*cache.Store)
+	cmd   string // the Redis command a lookup runs, for INFO commandstats
 }{
-	{"sort", func(*cache.Store) {}},
-	{"script", cache.UseScriptLookup},
+	{"sort", func(*cache.Store) {}, "sort_ro"},
+	{"script", cache.UseScriptLookup, "evalsha_ro"},
+}
+
+// reportCmdTime adds redis-server's own time per call of cmd since the last
+// CONFIG RESETSTAT (INFO commandstats usec_per_call) as redis-µs/call.
+func reportCmdTime(b *testing.B, rdb *redis.Client, cmd string) {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^cmdstat_` + regexp.QuoteMeta(cmd) + `:.*usec_per_call=([0-9.]+)`).FindStringSubmatch(info)
+	if m == nil {
+		b.Fatalf("no commandstats for %s", cmd)
+	}
+	f, _ := strconv.ParseFloat(m[1], 64)
+	b.ReportMetric(f, "redis-µs/call")
 }
 
 // redisCPU is redis-server's used CPU (user + sys) in seconds.
@@ -110,6 +134,9 @@ func BenchmarkLookupSingle(b *testing.B) {
 			ctx := context.Background()
 			ids := []guard.Identifier{benchEmail(b, 7)}
 			cpu := redisCPU(b, rdb)
+			if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+				b.Fatal(err)
+			}
 			b.ReportAllocs()
 			for b.Loop() {
 				res, err := st.Lookup(ctx, ids)
@@ -118,6 +145,7 @@ func BenchmarkLookupSingle(b *testing.B) {
 				}
 			}
 			reportRedisCPU(b, rdb, cpu)
+			reportCmdTime(b, rdb, p.cmd)
 		})
 	}
 }
