@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,12 +78,28 @@ func mustBenchStore(b *testing.B, n int) (*redistest.Server, *cache.Store) {
 
 // serve runs h on a real loopback listener, as cmd does.
 func serve(b *testing.B, h http.Handler) string {
+	return serveAs(b, "", h)
+}
+
+// serveAs is serve with the connection goroutines labelled target=name in
+// CPU profiles (-cpuprofile; `go tool pprof -tagfocus target=api`), so one
+// target's server work can be told from another's and from the load
+// generator's.
+func serveAs(b *testing.B, name string, h http.Handler) string {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	if name != "" {
+		labels := pprof.WithLabels(context.Background(), pprof.Labels("target", name))
+		srv.ConnState = func(_ net.Conn, st http.ConnState) {
+			if st == http.StateActive { // called on the connection's goroutine
+				pprof.SetGoroutineLabels(labels)
+			}
+		}
+	}
 	go func() { _ = srv.Serve(l) }()
 	b.Cleanup(func() { _ = srv.Close() })
 	return "http://" + l.Addr().String()
@@ -307,12 +324,12 @@ func BenchmarkCheckVsBaseline(b *testing.B) {
 		paced []loadResult // open loop at -cg.rate
 	}
 	targets := []*target{
-		{name: "baseline", url: serve(b, baselineHandler(rdbBase))},
-		{name: "api", url: serve(b, api)},
+		{name: "baseline", url: serveAs(b, "baseline", baselineHandler(rdbBase))},
+		{name: "api", url: serveAs(b, "api", api)},
 	}
 	if *benchAttrib {
 		g2 := guard.New(cache.New(rs.Client(b), cache.Options{HashKey: testHashKey}), guard.Options{Logger: log})
-		targets = append(targets, &target{name: "guard", url: serve(b, guardHandler(g2))})
+		targets = append(targets, &target{name: "guard", url: serveAs(b, "guard", guardHandler(g2))})
 	}
 
 	// 90% known contacts, 10% unknown addresses.
