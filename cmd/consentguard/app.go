@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
+	"net/url"
 	"time"
 
 	"github.com/go-playground/validator/v10"
@@ -108,17 +108,16 @@ func (a *app) close() {
 	a.closers = nil
 }
 
-// redactURL hides a password in a Redis URL.
+// redactURL hides a password in a Redis URL for logs and errors.
 func redactURL(u string) string {
 	if u == "" {
 		return "(embedded)"
 	}
-	if at := strings.LastIndexByte(u, '@'); at >= 0 {
-		if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
-			return u[:scheme+3] + "***@" + u[at+1:]
-		}
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparseable redis url)"
 	}
-	return u
+	return p.Redacted()
 }
 
 // redisLogger adapts slog to go-redis's internal logger.

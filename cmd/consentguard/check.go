@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 
@@ -66,9 +65,7 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		return eerr
 	}
 	switch {
-	case err != nil && errors.Is(err, guard.ErrInvalidIdentifier):
-		return fmt.Errorf("check: %w", err)
-	case err != nil:
+	case err != nil: // invalid identifier or store unavailable: exit 2
 		return fmt.Errorf("check: %w", err)
 	case d.Allowed:
 		return nil

@@ -501,3 +501,16 @@ func TestServeMailFrontEnds(t *testing.T) {
 	}
 	s.stop(t)
 }
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                                "(embedded)",
+		"redis://127.0.0.1:6379/0":        "redis://127.0.0.1:6379/0",
+		"redis://user:s3cret@host:6379/0": "redis://user:xxxxx@host:6379/0",
+		"rediss://:s3cret@host:6380":      "rediss://:xxxxx@host:6380",
+	} {
+		if got := redactURL(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
