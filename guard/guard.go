@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 )
 
@@ -104,7 +105,7 @@ func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision,
 		d := g.deny(ch, id, ReasonInvalidIdentifier)
 		return d, fmt.Errorf("%w: %d", ErrInvalidChannel, uint8(ch))
 	}
-	if id.Kind == 0 || id.Value == "" {
+	if id.zero() {
 		d := g.deny(ch, id, ReasonInvalidIdentifier)
 		g.emit1(d)
 		return d, fmt.Errorf("%w: empty identifier", ErrInvalidIdentifier)
@@ -168,27 +169,13 @@ func (g *Guard) CheckBatch(ctx context.Context, ch Channel, ids []Identifier) ([
 		}
 		return out, fmt.Errorf("%w: %d", ErrInvalidChannel, uint8(ch))
 	}
-	// ask is ids itself unless some are zero: then the valid ones, with
-	// their positions in pos.
+	// ask is ids itself unless some are zero (the caller's parse
+	// failures): then only the valid ones, with their positions in pos.
 	ask, pos := ids, []int(nil)
-	for i, id := range ids {
-		if id.Kind != 0 && id.Value != "" {
-			continue
-		}
-		if pos == nil {
-			ask = make([]Identifier, i, len(ids))
-			copy(ask, ids[:i])
-			pos = make([]int, i, len(ids))
-			for j := range pos {
-				pos[j] = j
-			}
-		}
-		break
-	}
-	if pos != nil {
-		for i := len(pos); i < len(ids); i++ {
-			id := ids[i]
-			if id.Kind == 0 || id.Value == "" {
+	if slices.ContainsFunc(ids, Identifier.zero) {
+		ask, pos = make([]Identifier, 0, len(ids)), make([]int, 0, len(ids))
+		for i, id := range ids {
+			if id.zero() {
 				out[i] = g.deny(ch, id, ReasonInvalidIdentifier)
 				continue
 			}

@@ -43,6 +43,10 @@ type Identifier struct {
 	Value string
 }
 
+// zero reports an identifier that was never parsed (a caller's parse
+// failure); it is decided invalid_identifier and never looked up.
+func (id Identifier) zero() bool { return id.Kind == 0 || id.Value == "" }
+
 // Key is the identifier's canonical text, unique across kinds
 // ("email:a@b.de", "phone:+49211…"). Stores hash this, never keep it.
 func (id Identifier) Key() string { return id.Kind.String() + ":" + id.Value }
