@@ -259,26 +259,12 @@ func (h *Handler) deletion(del map[string]json.RawMessage, o RecordOptions) (gua
 			up.Object = typ
 		}
 	}
-	vf := obj.Version
-	if vf == "" {
-		vf = DefaultVersionField
+	v, _, err := o.version(obj, func(name string) (string, bool) { return jsonField(del, name) })
+	if err != nil {
+		return guard.Update{}, err
 	}
-	for _, f := range []string{vf, FallbackVersionField} {
-		raw, ok := jsonField(del, f)
-		if !ok || strings.TrimSpace(raw) == "" {
-			continue
-		}
-		t, err := ParseDateTime(raw)
-		if err != nil {
-			return guard.Update{}, &FieldError{Field: f, Err: err}
-		}
-		if !o.Now.IsZero() && t.After(o.Now.Add(MaxFutureSkew)) {
-			return guard.Update{}, &FieldError{Field: f, Err: fmt.Errorf("dateTime more than %v in the future", MaxFutureSkew)}
-		}
-		up.Version = t
-		return up, nil
-	}
-	// Unversioned: the store tombstones at max(stored version, now).
+	// Unversioned (zero): the store tombstones at max(stored version, now).
+	up.Version = v
 	return up, nil
 }
 

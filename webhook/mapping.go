@@ -277,34 +277,13 @@ func (m Mapping) Record(object, id string, fields func(name string) (string, boo
 	up := guard.Update{ID: rid, Object: name}
 	var warns []Warning
 
-	vf := obj.Version
-	if vf == "" {
-		vf = DefaultVersionField
-	}
-	version := func(f string) (bool, error) {
-		raw, ok := fields(f)
-		if !ok || strings.TrimSpace(raw) == "" {
-			return false, nil
-		}
-		t, err := ParseDateTime(raw)
-		if err != nil {
-			return false, &FieldError{Field: f, Err: err}
-		}
-		if !o.Now.IsZero() && t.After(o.Now.Add(MaxFutureSkew)) {
-			return false, &FieldError{Field: f, Err: fmt.Errorf("dateTime more than %v in the future", MaxFutureSkew)}
-		}
-		up.Version = t
-		return true, nil
-	}
-	found, err := version(vf)
-	if err == nil && !found && vf != FallbackVersionField {
-		found, err = version(FallbackVersionField)
-	}
+	v, found, err := o.version(obj, fields)
 	if err != nil {
 		return guard.Update{}, nil, err
 	}
+	up.Version = v
 	if !found {
-		warns = append(warns, Warning{Field: vf, Code: WarnUnversioned})
+		warns = append(warns, Warning{Field: obj.versionField(), Code: WarnUnversioned})
 	}
 
 	for _, ch := range guard.Channels {
@@ -374,13 +353,49 @@ func (m Mapping) Record(object, id string, fields func(name string) (string, boo
 	return up, warns, nil
 }
 
+// version reads a record's version from obj's version field or, when that
+// is absent or blank, from FallbackVersionField; found is false when neither
+// holds one.
+func (o RecordOptions) version(obj Object, fields func(name string) (string, bool)) (v time.Time, found bool, err error) {
+	for _, f := range [...]string{obj.versionField(), FallbackVersionField} {
+		raw, ok := fields(f)
+		if !ok || strings.TrimSpace(raw) == "" {
+			continue
+		}
+		v, err := o.ParseVersion(raw)
+		if err != nil {
+			return time.Time{}, false, &FieldError{Field: f, Err: err}
+		}
+		return v, true, nil
+	}
+	return time.Time{}, false, nil
+}
+
+// ParseVersion reads a version value: a Salesforce dateTime
+// (ParseDateTime) no more than MaxFutureSkew after o.Now, when Now is set.
+func (o RecordOptions) ParseVersion(raw string) (time.Time, error) {
+	t, err := ParseDateTime(raw)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if !o.Now.IsZero() && t.After(o.Now.Add(MaxFutureSkew)) {
+		return time.Time{}, fmt.Errorf("dateTime more than %v in the future", MaxFutureSkew)
+	}
+	return t, nil
+}
+
+// versionField is the field holding the object's version.
+func (o Object) versionField() string {
+	if o.Version == "" {
+		return DefaultVersionField
+	}
+	return o.Version
+}
+
 // Fields lists the field API names an object's mapping reads, for setup
 // docs and checks: Id, the version fields, identifiers, channels.
 func (o Object) Fields() []string {
-	vf := o.Version
-	if vf == "" {
-		vf = DefaultVersionField
-	}
+	vf := o.versionField()
 	out := []string{"Id", vf}
 	if vf != FallbackVersionField {
 		out = append(out, FallbackVersionField)

@@ -255,12 +255,9 @@ func (s *syncer) tombstone(name string, r Record) (guard.Update, error) {
 		s.sum.Warnings[webhook.WarnUnversioned]++
 		return up, nil
 	}
-	t, err := webhook.ParseDateTime(ms)
+	t, err := s.o.Record.ParseVersion(ms)
 	if err != nil {
 		return guard.Update{}, &webhook.FieldError{Field: "SystemModstamp", Err: err}
-	}
-	if now := s.o.Record.Now; !now.IsZero() && t.After(now.Add(webhook.MaxFutureSkew)) {
-		return guard.Update{}, &webhook.FieldError{Field: "SystemModstamp", Err: fmt.Errorf("dateTime more than %v in the future", webhook.MaxFutureSkew)}
 	}
 	up.Version = t
 	return up, nil
