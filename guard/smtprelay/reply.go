@@ -73,11 +73,6 @@ func errBadSender() *smtp.SMTPError {
 		Message: "invalid sender address"}
 }
 
-func errTemporary() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "temporary local problem, try again later"}
-}
-
 // upstreamReply turns a non-2xx upstream reply into the reply for our
 // client: same code and text, so a 4xx stays temporary and a 5xx permanent.
 // Anything that is neither 4xx nor 5xx becomes a 451.
