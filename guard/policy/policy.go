@@ -327,18 +327,14 @@ func (s *Server) answer(req request) string {
 		return "DUNNO"
 	}
 	id, err := s.g.Parse(guard.KindEmail, req.recipient)
-	var d guard.Decision
+	// Check fills in the reason on every path, errors included; a
+	// recipient that does not parse never reaches it.
+	d := guard.Decision{Reason: guard.ReasonInvalidIdentifier}
 	if err == nil {
 		d, err = s.g.Check(s.ctx, guard.Email, id)
 	}
 	act := action(s.shadow, req.recipient, d, err)
 	result := string(d.Reason)
-	switch {
-	case errors.Is(err, guard.ErrInvalidIdentifier):
-		result = string(guard.ReasonInvalidIdentifier)
-	case err != nil:
-		result = string(guard.ReasonStoreUnavailable)
-	}
 	s.metrics.requests.WithLabelValues(result).Inc()
 	if act != "DUNNO" {
 		s.log.Info("policy: recipient refused", "rcpt", guard.Mask(guard.KindEmail, req.recipient),

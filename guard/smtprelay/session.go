@@ -116,20 +116,15 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	ctx := ss.s.ctx
 	id, err := ss.s.g.Parse(guard.KindEmail, to)
-	var d guard.Decision
+	// Check fills in the reason on every path, errors included; a
+	// recipient that does not parse never reaches it.
+	d := guard.Decision{Reason: guard.ReasonInvalidIdentifier}
 	if err == nil {
 		d, err = ss.s.g.Check(ctx, guard.Email, id)
 	}
 	if e := rcptReply(to, d, err); e != nil {
-		result := d.Reason
-		switch {
-		case errors.Is(err, guard.ErrInvalidIdentifier):
-			result = guard.ReasonInvalidIdentifier
-		case err != nil:
-			result = guard.ReasonStoreUnavailable
-		}
-		ss.s.metrics.rcpt(result)
-		ss.log.Info("recipient refused", "rcpt", guard.Mask(guard.KindEmail, to), "reason", string(result), "reply", e.Code)
+		ss.s.metrics.rcpt(d.Reason)
+		ss.log.Info("recipient refused", "rcpt", guard.Mask(guard.KindEmail, to), "reason", string(d.Reason), "reply", e.Code)
 		return e
 	}
 	if e := ss.forward(ctx, to); e != nil {
