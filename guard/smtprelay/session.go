@@ -205,12 +205,19 @@ func (ss *session) forward(ctx context.Context, to string) *smtp.SMTPError {
 	}
 }
 
-// dropUpstream closes the session's upstream connection after an error.
-func (ss *session) dropUpstream(err error) {
+// takeUp takes the upstream connection out of the session: the caller
+// owns it from now on.
+func (ss *session) takeUp() *upConn {
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	u := ss.up
 	ss.up = nil
-	ss.mu.Unlock()
+	return u
+}
+
+// dropUpstream closes the session's upstream connection after an error.
+func (ss *session) dropUpstream(err error) {
+	u := ss.takeUp()
 	if u != nil {
 		u.close()
 		ss.log.Warn("upstream connection lost", "upstream", ss.s.opts.Upstream, "err", err)
@@ -220,10 +227,7 @@ func (ss *session) dropUpstream(err error) {
 // Data implements smtp.Session: the message goes upstream with a Received:
 // header in front, and the upstream's final reply comes back.
 func (ss *session) Data(r io.Reader) error {
-	ss.mu.Lock()
-	u := ss.up
-	ss.up = nil
-	ss.mu.Unlock()
+	u := ss.takeUp()
 	// With BDAT, go-smtp runs Data in its own goroutine and a RSET may
 	// reset the session meanwhile: read what is needed now.
 	recipients, trace := ss.accepted, ss.traceHeader()
@@ -329,10 +333,7 @@ func (ss *session) Reset() { ss.resetTx() }
 // resetTx ends the transaction; an upstream connection still inside one
 // goes back to the pool marked for RSET.
 func (ss *session) resetTx() {
-	ss.mu.Lock()
-	u := ss.up
-	ss.up = nil
-	ss.mu.Unlock()
+	u := ss.takeUp()
 	if u != nil {
 		u.dirty = true
 		ss.s.up.put(u)
@@ -348,10 +349,7 @@ func (ss *session) resetTx() {
 // connection was closed under it): the upstream connection is closed, not
 // pooled.
 func (ss *session) Logout() error {
-	ss.mu.Lock()
-	u := ss.up
-	ss.up = nil
-	ss.mu.Unlock()
+	u := ss.takeUp()
 	if u != nil {
 		u.close()
 	}
