@@ -211,7 +211,8 @@ func parseCAS(cmd *redis.Cmd) (casResult, error) {
 // maintainIndex makes the index agree with what the script wrote: SADD the
 // record to every hash it carries (this also repairs entries lost to a crash
 // between script and index write, whenever the record is written again) and
-// SREM it from every hash it dropped.
+// SREM it from every hash it dropped, in one pipeline, followed by
+// unindex's re-check of the dropped entries.
 func (s *Store) maintainIndex(ctx context.Context, calls []casCall, res []casResult) error {
 	pipe := s.rdb.Pipeline()
 	var drops []pair
@@ -224,15 +225,8 @@ func (s *Store) maintainIndex(ctx context.Context, calls []casCall, res []casRes
 			drops = append(drops, pair{hash: h, id: id})
 		}
 	}
-	if pipe.Len() > 0 {
-		if _, err := pipe.Exec(ctx); err != nil {
-			return fmt.Errorf("cache: index: %w", err)
-		}
-	}
-	if len(drops) > 0 {
-		if err := s.unindex(ctx, drops); err != nil {
-			return fmt.Errorf("cache: index: %w", err)
-		}
+	if err := s.unindex(ctx, pipe, drops); err != nil {
+		return fmt.Errorf("cache: index: %w", err)
 	}
 	return nil
 }
@@ -240,32 +234,41 @@ func (s *Store) maintainIndex(ctx context.Context, calls []casCall, res []casRes
 // pair is one index entry: record id under identifier hash.
 type pair struct{ hash, id string }
 
-// unindex removes index entries, then re-reads the records and adds back
-// any entry whose record carries the hash again. The index and the record
-// live in different slots, so the removal cannot be atomic with the check;
-// this order makes a racing writer's SADD (which always follows its record
-// write) or the re-check restore the entry, so a live identifier is never
-// left unindexed.
-func (s *Store) unindex(ctx context.Context, ps []pair) error {
-	pipe := s.rdb.Pipeline()
+// unindex removes the index entries ps, sending the removals along with
+// whatever pipe already holds, then re-reads the records and adds back any
+// entry whose record carries the hash again (lineCarries). The index and
+// the record live in different slots, so the removal cannot be atomic with
+// the check; this order makes a racing writer's SADD (which always follows
+// its record write) or the re-check restore the entry, so a live identifier
+// is never left unindexed. Round trips: one for pipe and the removals, and
+// only with removals one for the re-read and at most one for the re-adds.
+func (s *Store) unindex(ctx context.Context, pipe redis.Pipeliner, ps []pair) error {
 	for _, p := range ps {
 		pipe.SRem(ctx, s.indexKey(p.hash), p.id)
 	}
+	if pipe.Len() == 0 {
+		return nil
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	pipe = s.rdb.Pipeline()
+	if len(ps) == 0 {
+		return nil
+	}
+	// HMGET: a missing record reads as nil rather than a redis.Nil error.
 	checks := make([]*redis.SliceCmd, len(ps))
 	for i, p := range ps {
-		checks[i] = pipe.HMGet(ctx, s.recordKey(p.id), "i", "d")
+		checks[i] = pipe.HMGet(ctx, s.recordKey(p.id), "l")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	pipe = s.rdb.Pipeline()
 	for i, p := range ps {
-		v := checks[i].Val()
-		if len(v) == 2 && v[1] == nil && carries(v[0], p.hash) {
+		line := ""
+		if v := checks[i].Val(); len(v) == 1 {
+			line = str(v[0])
+		}
+		if lineCarries(line, p.hash) {
 			pipe.SAdd(ctx, s.indexKey(p.hash), p.id)
 		}
 	}
@@ -275,18 +278,6 @@ func (s *Store) unindex(ctx context.Context, ps []pair) error {
 		}
 	}
 	return nil
-}
-
-// carries reports whether the record field i (space-separated hashes)
-// holds h.
-func carries(field any, h string) bool {
-	f, _ := field.(string)
-	for x := range strings.FieldsSeq(f) {
-		if x == h {
-			return true
-		}
-	}
-	return false
 }
 
 // noNUL drops NUL bytes, which separate fields of the lookup line. No

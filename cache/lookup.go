@@ -82,7 +82,7 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 		stale = append(stale, more...)
 	}
 	if len(stale) > 0 {
-		if err := s.unindex(ctx, stale); err != nil {
+		if err := s.unindex(ctx, s.rdb.Pipeline(), stale); err != nil {
 			s.log.Debug("cache: could not remove stale index entries", "count", len(stale), "err", err)
 		}
 	}

@@ -423,8 +423,8 @@ func lineID(line string) (string, bool) {
 	return line[:j], true
 }
 
-// hasHash reports whether the record field i (space-separated hashes)
-// holds h as a whole entry, without allocating.
+// hasHash reports whether field (space-separated hashes: the first field
+// of a lookup line) holds h as a whole entry, without allocating.
 func hasHash(field, h string) bool {
 	if h == "" {
 		return false
