@@ -125,48 +125,28 @@ type principalCtxKey struct{}
 
 var principalKey principalCtxKey
 
-// authenticate guards every /v1/ path (built-in and extra routes): 401
+// authenticate guards every /v1/ path that routes mounts after the check
+// routes (built-in and extra routes, unmatched paths and methods): 401
 // unless the request presents a valid key or anonymous access is allowed.
-//
-// The check routes authenticate in their handlers (checkPrincipal) and are
-// skipped here: storing the principal in the gin context costs a map per
-// request, and checks are the hot path.
 func (s *server) authenticate(c *gin.Context) {
-	if !strings.HasPrefix(c.Request.URL.Path, "/v1/") || selfAuthenticated(c) {
+	if !strings.HasPrefix(c.Request.URL.Path, "/v1/") {
 		return
 	}
+	if p := s.principal(c); p != nil {
+		c.Set(principalKey, p)
+	}
+}
+
+// principal authenticates a request and answers 401 when it presents no
+// valid key (nil). The check handlers call it themselves and hold the
+// principal (storing it in the gin context costs a map per request, and
+// checks are the hot path); authenticate calls it for every other route.
+func (s *server) principal(c *gin.Context) *principal {
 	p := s.auth.principalFor(c.Request.Header)
 	if p == nil {
-		s.unauthenticated(c)
-		return
-	}
-	c.Set(principalKey, p)
-}
-
-// selfAuthenticated reports whether the matched route is one of the check
-// routes, whose handlers authenticate themselves.
-func selfAuthenticated(c *gin.Context) bool {
-	switch c.FullPath() {
-	case "/v1/check":
-		return c.Request.Method == "GET" || c.Request.Method == "POST"
-	case "/v1/check/batch":
-		return c.Request.Method == "POST"
-	}
-	return false
-}
-
-func (s *server) unauthenticated(c *gin.Context) {
-	c.Header("WWW-Authenticate", `Bearer realm="consentguard"`)
-	s.fail(c, errUnauthenticated)
-	c.Abort()
-}
-
-// checkPrincipal authenticates a check request (see authenticate) and
-// answers 401 when it presents no valid key (nil).
-func (s *server) checkPrincipal(c *gin.Context) *principal {
-	p := s.auth.principalFor(c.Request.Header)
-	if p == nil {
-		s.unauthenticated(c)
+		c.Header("WWW-Authenticate", `Bearer realm="consentguard"`)
+		s.fail(c, errUnauthenticated)
+		c.Abort()
 	}
 	return p
 }

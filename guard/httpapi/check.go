@@ -58,7 +58,7 @@ var checkScopes = func() (s [guard.NumChannels]string) {
 // contact_id=).
 func (s *server) handleCheckGet() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		p := s.checkPrincipal(c)
+		p := s.principal(c)
 		if p == nil {
 			return
 		}
@@ -74,7 +74,7 @@ func (s *server) handleCheckGet() gin.HandlerFunc {
 // handleCheckPost serves POST /v1/check with a JSON checkRequest.
 func (s *server) handleCheckPost() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		p := s.checkPrincipal(c)
+		p := s.principal(c)
 		if p == nil {
 			return
 		}
@@ -214,7 +214,7 @@ func parseCheckQuery(raw string, req *checkRequest) error {
 // decision; the batch fails as a whole (503) only when the store does.
 func (s *server) handleCheckBatch() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		p := s.checkPrincipal(c)
+		p := s.principal(c)
 		if p == nil {
 			return
 		}
