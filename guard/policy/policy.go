@@ -214,7 +214,6 @@ type request struct {
 	state     string
 	recipient string
 	queueID   string
-	instance  string
 }
 
 // errTooLong: a line or request over the limits; the connection is closed.
@@ -314,8 +313,6 @@ func readRequest(br *bufio.Reader) (request, error) {
 			req.recipient = string(value)
 		case "queue_id":
 			req.queueID = string(value)
-		case "instance":
-			req.instance = string(value)
 		}
 	}
 }
