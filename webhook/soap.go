@@ -90,183 +90,127 @@ func decodeOutbound(data []byte) (*outbound, error) {
 		return nil, badEnvelope("root element is not a SOAP 1.1 Envelope")
 	}
 	var msg *outbound
-	for {
-		t, err := s.next()
-		if err != nil {
-			return nil, err
+	err = children(s, "Envelope", func(t xtoken) (err error) {
+		switch {
+		case t.name.is(nsEnvelope, "Body"):
+			if msg != nil {
+				return badEnvelope("two SOAP Bodies")
+			}
+			msg, err = decodeBody(s)
+			return err
+		case t.name.is(nsEnvelope, "Header") && msg == nil:
+			return s.skip()
 		}
-		switch t.kind {
-		case tokStart:
-			switch {
-			case t.name.is(nsEnvelope, "Body"):
-				if msg != nil {
-					return nil, badEnvelope("two SOAP Bodies")
-				}
-				if msg, err = decodeBody(s); err != nil {
-					return nil, err
-				}
-			case t.name.is(nsEnvelope, "Header") && msg == nil:
-				if err := s.skip(); err != nil {
-					return nil, err
-				}
-			default:
-				return nil, badEnvelope("unexpected element %s in Envelope", Printable(string(t.name.local), 40))
-			}
-		case tokEnd:
-			if msg == nil {
-				return nil, badEnvelope("no SOAP Body")
-			}
-			// Nothing but comments and space may follow the Envelope.
-			if _, err := s.next(); err != io.EOF {
-				if err == nil {
-					err = badEnvelope("content after the Envelope")
-				}
-				return nil, err
-			}
-			return msg, nil
-		case tokText:
-			if !isBlank(t.text) {
-				return nil, badEnvelope("text in Envelope")
-			}
-		}
+		return badEnvelope("unexpected element %s in Envelope", Printable(string(t.name.local), 40))
+	})
+	if err != nil {
+		return nil, err
 	}
+	if msg == nil {
+		return nil, badEnvelope("no SOAP Body")
+	}
+	// Nothing but comments and space may follow the Envelope.
+	if _, err := s.next(); err != io.EOF {
+		if err == nil {
+			err = badEnvelope("content after the Envelope")
+		}
+		return nil, err
+	}
+	return msg, nil
 }
 
 func decodeBody(s *scanner) (*outbound, error) {
 	var msg *outbound
-	for {
-		t, err := s.next()
-		if err != nil {
-			return nil, err
+	err := children(s, "SOAP Body", func(t xtoken) (err error) {
+		if !t.name.is(nsOutbound, "notifications") || msg != nil {
+			return badEnvelope("SOAP Body holds %s, want one notifications element", Printable(string(t.name.local), 40))
 		}
-		switch t.kind {
-		case tokStart:
-			if !t.name.is(nsOutbound, "notifications") || msg != nil {
-				return nil, badEnvelope("SOAP Body holds %s, want one notifications element", Printable(string(t.name.local), 40))
-			}
-			if msg, err = decodeNotifications(s); err != nil {
-				return nil, err
-			}
-		case tokEnd:
-			if msg == nil {
-				return nil, badEnvelope("SOAP Body holds no notifications element")
-			}
-			return msg, nil
-		case tokText:
-			if !isBlank(t.text) {
-				return nil, badEnvelope("text in SOAP Body")
-			}
-		}
+		msg, err = decodeNotifications(s)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	if msg == nil {
+		return nil, badEnvelope("SOAP Body holds no notifications element")
+	}
+	return msg, nil
 }
 
 func decodeNotifications(s *scanner) (*outbound, error) {
 	msg := &outbound{}
-	for {
-		t, err := s.next()
-		if err != nil {
-			return nil, err
+	err := children(s, "notifications", func(t xtoken) error {
+		if string(t.name.space) != nsOutbound {
+			// Not part of the WSDL: ignore, for forward compatibility.
+			return s.skip()
 		}
-		switch t.kind {
-		case tokStart:
-			if string(t.name.space) != nsOutbound {
-				// Not part of the WSDL: ignore, for forward compatibility.
-				if err := s.skip(); err != nil {
-					return nil, err
-				}
-				continue
+		var dst *string
+		switch string(t.name.local) {
+		case "OrganizationId":
+			dst = &msg.OrganizationID
+		case "ActionId":
+			dst = &msg.ActionID
+		case "EnterpriseUrl":
+			dst = &msg.EnterpriseURL
+		case "PartnerUrl":
+			dst = &msg.PartnerURL
+		case "Notification":
+			if len(msg.Notifications) == MaxNotifications {
+				return badEnvelope("more than %d notifications", MaxNotifications)
 			}
-			var dst *string
-			switch string(t.name.local) {
-			case "OrganizationId":
-				dst = &msg.OrganizationID
-			case "ActionId":
-				dst = &msg.ActionID
-			case "EnterpriseUrl":
-				dst = &msg.EnterpriseURL
-			case "PartnerUrl":
-				dst = &msg.PartnerURL
-			case "Notification":
-				if len(msg.Notifications) == MaxNotifications {
-					return nil, badEnvelope("more than %d notifications", MaxNotifications)
-				}
-				if msg.Notifications == nil {
-					msg.Notifications = make([]notification, 0, 8)
-				}
-				n, err := decodeNotification(s)
-				if err != nil {
-					return nil, fmt.Errorf("notification %d: %w", len(msg.Notifications)+1, err)
-				}
-				msg.Notifications = append(msg.Notifications, n)
-				continue
-			default: // SessionId (a credential: never kept) and anything newer
-				if err := s.skip(); err != nil {
-					return nil, err
-				}
-				continue
+			if msg.Notifications == nil {
+				msg.Notifications = make([]notification, 0, 8)
 			}
-			v, _, err := text(s, string(t.name.local))
+			n, err := decodeNotification(s)
 			if err != nil {
-				return nil, err
+				return fmt.Errorf("notification %d: %w", len(msg.Notifications)+1, err)
 			}
-			*dst = strings.TrimSpace(v)
-		case tokEnd:
-			if !isSalesforceID(msg.OrganizationID) {
-				return nil, badEnvelope("OrganizationId missing or not a Salesforce Id")
-			}
-			if len(msg.Notifications) == 0 {
-				return nil, badEnvelope("no Notification")
-			}
-			return msg, nil
-		case tokText:
-			if !isBlank(t.text) {
-				return nil, badEnvelope("text in notifications")
-			}
+			msg.Notifications = append(msg.Notifications, n)
+			return nil
+		default: // SessionId (a credential: never kept) and anything newer
+			return s.skip()
 		}
+		v, _, err := text(s, string(t.name.local))
+		*dst = strings.TrimSpace(v)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	if !isSalesforceID(msg.OrganizationID) {
+		return nil, badEnvelope("OrganizationId missing or not a Salesforce Id")
+	}
+	if len(msg.Notifications) == 0 {
+		return nil, badEnvelope("no Notification")
+	}
+	return msg, nil
 }
 
 func decodeNotification(s *scanner) (notification, error) {
 	var n notification
 	sawObject := false
-	for {
-		t, err := s.next()
-		if err != nil {
-			return n, err
+	err := children(s, "Notification", func(t xtoken) error {
+		switch {
+		case t.name.is(nsOutbound, "Id"):
+			v, _, err := text(s, "Id")
+			n.ID = strings.TrimSpace(v)
+			return err
+		case t.name.is(nsOutbound, "sObject"):
+			if sawObject {
+				return badEnvelope("two sObjects")
+			}
+			sawObject = true
+			return decodeSObject(s, t, &n)
 		}
-		switch t.kind {
-		case tokStart:
-			switch {
-			case t.name.is(nsOutbound, "Id"):
-				v, _, err := text(s, "Id")
-				if err != nil {
-					return n, err
-				}
-				n.ID = strings.TrimSpace(v)
-			case t.name.is(nsOutbound, "sObject"):
-				if sawObject {
-					return n, badEnvelope("two sObjects")
-				}
-				sawObject = true
-				if err := decodeSObject(s, t, &n); err != nil {
-					return n, err
-				}
-			default:
-				if err := s.skip(); err != nil {
-					return n, err
-				}
-			}
-		case tokEnd:
-			if !isSalesforceID(n.ID) {
-				return n, badEnvelope("notification Id missing or not a Salesforce Id")
-			}
-			return n, nil
-		case tokText:
-			if !isBlank(t.text) {
-				return n, badEnvelope("text in Notification")
-			}
-		}
+		return s.skip()
+	})
+	if err != nil {
+		return n, err
 	}
+	if !isSalesforceID(n.ID) {
+		return n, badEnvelope("notification Id missing or not a Salesforce Id")
+	}
+	return n, nil
 }
 
 // decodeSObject reads the fields of an sObject. Its type is the local part
@@ -287,6 +231,35 @@ func decodeSObject(s *scanner, start xtoken, n *notification) error {
 		// A nil sObject has no fields; it must still be closed properly.
 		return s.skip()
 	}
+	return children(s, "sObject", func(t xtoken) error {
+		if string(t.name.space) != nsSObject {
+			return s.skip()
+		}
+		null := false
+		for _, a := range t.attrs {
+			if a.name.is(nsXSI, "nil") {
+				null = isTrue(a.value)
+			}
+		}
+		fieldName := string(t.name.local) // before next() reuses buffers
+		v, simple, err := text(s, "")
+		if err != nil || null || !simple {
+			// Null, or a nested value (a relationship): not a field
+			// this mapping can read.
+			return err
+		}
+		if n.Fields == nil {
+			n.Fields = make([]sfField, 0, 12)
+		}
+		n.Fields = append(n.Fields, sfField{Name: fieldName, Value: v})
+		return nil
+	})
+}
+
+// children reads the content of the current element up to its end tag:
+// start is called for each child element and must consume it; text other
+// than space is an error naming the element, in.
+func children(s *scanner, in string, start func(t xtoken) error) error {
 	for {
 		t, err := s.next()
 		if err != nil {
@@ -294,38 +267,14 @@ func decodeSObject(s *scanner, start xtoken, n *notification) error {
 		}
 		switch t.kind {
 		case tokStart:
-			if string(t.name.space) != nsSObject {
-				if err := s.skip(); err != nil {
-					return err
-				}
-				continue
-			}
-			name := t.name.local
-			null := false
-			for _, a := range t.attrs {
-				if a.name.is(nsXSI, "nil") {
-					null = isTrue(a.value)
-				}
-			}
-			fieldName := string(name) // before next() reuses buffers
-			v, simple, err := text(s, "")
-			if err != nil {
+			if err := start(t); err != nil {
 				return err
 			}
-			if null || !simple {
-				// Null, or a nested value (a relationship): not a field
-				// this mapping can read.
-				continue
-			}
-			if n.Fields == nil {
-				n.Fields = make([]sfField, 0, 12)
-			}
-			n.Fields = append(n.Fields, sfField{Name: fieldName, Value: v})
 		case tokEnd:
 			return nil
 		case tokText:
 			if !isBlank(t.text) {
-				return badEnvelope("text in sObject")
+				return badEnvelope("text in %s", in)
 			}
 		}
 	}
