@@ -77,7 +77,7 @@ func (s *Store) Erase(ctx context.Context, id string) (guard.Outcome, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
-	rid, err := recordID(id)
+	rid, err := guard.NormalizeRecordID(id)
 	if err != nil {
 		return 0, err
 	}
@@ -110,7 +110,7 @@ type casResult struct {
 }
 
 func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
-	rid, err := recordID(u.ID)
+	rid, err := guard.NormalizeRecordID(u.ID)
 	if err != nil {
 		return casCall{}, err
 	}

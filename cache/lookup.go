@@ -100,7 +100,7 @@ func (s *Store) lookupKey(id guard.Identifier) (key string, ok bool) {
 		}
 		return s.indexKeyOf(id), true
 	case guard.KindRecordID:
-		rid, err := recordID(id.Value)
+		rid, err := guard.NormalizeRecordID(id.Value)
 		if err != nil {
 			return "", false
 		}
@@ -360,7 +360,7 @@ func (s *Store) Get(ctx context.Context, id string) (guard.Record, error) {
 	if s.err != nil {
 		return guard.Record{}, s.err
 	}
-	rid, err := recordID(id)
+	rid, err := guard.NormalizeRecordID(id)
 	if err != nil {
 		return guard.Record{}, err
 	}
@@ -392,7 +392,7 @@ func (s *Store) History(ctx context.Context, id string) ([]guard.Change, error) 
 	if s.err != nil {
 		return nil, s.err
 	}
-	rid, err := recordID(id)
+	rid, err := guard.NormalizeRecordID(id)
 	if err != nil {
 		return nil, err
 	}

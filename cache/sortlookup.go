@@ -236,7 +236,7 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 			buf = s.appendIndexKey(buf, id)
 			l.index = true
 		case guard.KindRecordID:
-			rid, err := recordID(id.Value)
+			rid, err := guard.NormalizeRecordID(id.Value)
 			if err != nil {
 				continue
 			}

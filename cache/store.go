@@ -266,8 +266,3 @@ func (s *Store) noteKey(k string) string {
 	s.putMAC(m)
 	return s.prefix + "n:" + string(out[:])
 }
-
-// recordID normalises a Salesforce Id (15 or 18 characters) to 18.
-func recordID(id string) (string, error) {
-	return guard.NormalizeRecordID(strings.TrimSpace(id))
-}
