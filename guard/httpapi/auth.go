@@ -151,7 +151,8 @@ func (s *server) principal(c *gin.Context) *principal {
 	return p
 }
 
-// authorizedAs is authorized for a principal the handler holds.
+// authorizedAs reports whether p holds scope, and answers 403 when it does
+// not.
 func (s *server) authorizedAs(c *gin.Context, p *principal, scope string) bool {
 	if p.can(scope) {
 		return true
@@ -159,12 +160,6 @@ func (s *server) authorizedAs(c *gin.Context, p *principal, scope string) bool {
 	s.fail(c, errForbidden)
 	c.Abort()
 	return false
-}
-
-// authorized reports whether the request's principal holds scope, and
-// answers 403 when it does not.
-func (s *server) authorized(c *gin.Context, scope string) bool {
-	return s.authorizedAs(c, principalOf(c), scope)
 }
 
 func principalOf(c *gin.Context) *principal {
@@ -176,10 +171,10 @@ func principalOf(c *gin.Context) *principal {
 	return p
 }
 
-// RequireScope is middleware for routes mounted through
-// Options.ExtraRoutes under /v1/: it answers 403 unless the authenticated
-// key holds scope. Outside /v1/ (where nothing authenticates) it always
-// refuses.
+// RequireScope is middleware for the contact routes and for routes mounted
+// through Options.ExtraRoutes under /v1/: it answers 403 unless the
+// authenticated key holds scope. Outside /v1/ (where nothing
+// authenticates) it always refuses.
 func RequireScope(scope string) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		if principalOf(c).can(scope) {

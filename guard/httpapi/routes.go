@@ -18,8 +18,8 @@ func (s *server) routes(r *gin.Engine) {
 	r.POST("/v1/check/batch", s.handleCheckBatch())
 	r.Use(s.authenticate)
 
-	r.GET("/v1/contacts/:id", s.require("contacts:read"), s.handleContactGet())
-	r.DELETE("/v1/contacts/:id", s.require("contacts:erase"), s.handleContactDelete())
+	r.GET("/v1/contacts/:id", RequireScope("contacts:read"), s.handleContactGet())
+	r.DELETE("/v1/contacts/:id", RequireScope("contacts:erase"), s.handleContactDelete())
 
 	r.GET("/healthz", s.handleHealthz())
 	r.HEAD("/healthz", s.handleHealthz())
@@ -31,9 +31,4 @@ func (s *server) routes(r *gin.Engine) {
 
 	r.NoRoute(func(c *gin.Context) { writeError(c, errNoRoute) })
 	r.NoMethod(func(c *gin.Context) { writeError(c, errNoMethod) })
-}
-
-// require is middleware answering 403 unless the request's key holds scope.
-func (s *server) require(scope string) gin.HandlerFunc {
-	return func(c *gin.Context) { s.authorized(c, scope) }
 }
