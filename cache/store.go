@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -187,9 +186,9 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // fingerprint is the hex of the first 16 bytes of HMAC(key, fingerprintLabel).
 func (s *Store) fingerprint() string {
-	m := hmac.New(sha256.New, s.key)
-	io.WriteString(m, fingerprintLabel)
-	return hex.EncodeToString(m.Sum(nil)[:16])
+	m := s.getMAC()
+	defer s.putMAC(m)
+	return hex.EncodeToString(m.sumOf(fingerprintLabel, "", "")[:16])
 }
 
 // mac is a pooled HMAC-SHA256 state keyed with HashKey, with scratch space
@@ -219,13 +218,18 @@ func (s *Store) putMAC(m *mac) {
 	s.macs.Put(m)
 }
 
+// appendIDHash appends hex(HMAC-SHA256(HashKey, id.Key())) to dst.
+func (s *Store) appendIDHash(dst []byte, id guard.Identifier) []byte {
+	m := s.getMAC()
+	dst = hex.AppendEncode(dst, m.sumOf(id.Kind.String(), ":", id.Value))
+	s.putMAC(m)
+	return dst
+}
+
 // idHash returns hex(HMAC-SHA256(HashKey, id.Key())).
 func (s *Store) idHash(id guard.Identifier) string {
 	var out [2 * sha256.Size]byte
-	m := s.getMAC()
-	hex.Encode(out[:], m.sumOf(id.Kind.String(), ":", id.Value))
-	s.putMAC(m)
-	return string(out[:])
+	return string(s.appendIDHash(out[:0], id))
 }
 
 // Keys. A record's keys share the hash tag {Id} and so one Cluster slot.
@@ -235,12 +239,7 @@ func (s *Store) indexKey(h string) string    { return s.prefix + "i:" + h }
 
 // appendIndexKey appends indexKey(idHash(id)) to dst.
 func (s *Store) appendIndexKey(dst []byte, id guard.Identifier) []byte {
-	dst = append(dst, s.prefix...)
-	dst = append(dst, "i:"...)
-	m := s.getMAC()
-	dst = hex.AppendEncode(dst, m.sumOf(id.Kind.String(), ":", id.Value))
-	s.putMAC(m)
-	return dst
+	return s.appendIDHash(append(append(dst, s.prefix...), "i:"...), id)
 }
 
 // appendRecordKey appends recordKey(id) to dst.
