@@ -234,9 +234,14 @@ func (p *upstream) close() {
 	idle := p.idle
 	p.idle, p.closed = nil, true
 	p.mu.Unlock()
+	// Say QUIT to all at once: each waits up to a second for its answer,
+	// and one after another that would hold shutdown up to a second per
+	// pooled connection.
+	var wg sync.WaitGroup
 	for _, u := range idle {
-		u.quit()
+		wg.Go(u.quit)
 	}
+	wg.Wait()
 }
 
 func (p *upstream) dial(ctx context.Context) (*upConn, error) {
