@@ -47,95 +47,87 @@ func BenchmarkOutbound100(b *testing.B) {
 }
 
 func benchHTTP(b *testing.B, benchClients int) {
-	{
-		e := newEnv(b, Options{})
-		bodies := benchBodies(b, b.N)
-		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchClients}}
-		url := e.srv.URL + OutboundPath + "?token=" + testToken
-		lat := make([]time.Duration, b.N)
-		var next atomic.Int64
-		var failed atomic.Value
-		var wg sync.WaitGroup
-		b.ResetTimer()
-		for w := 0; w < benchClients; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(bodies) {
-						return
-					}
-					start := time.Now()
-					resp, err := client.Post(url, "text/xml; charset=utf-8", bytes.NewReader(bodies[i]))
-					if err != nil {
-						failed.Store(err.Error())
-						return
-					}
-					ack, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					lat[i] = time.Since(start)
-					if resp.StatusCode != http.StatusOK || string(ack) != ackEnvelope {
-						failed.Store(fmt.Sprintf("%d %s", resp.StatusCode, ack))
-						return
-					}
-				}
-			}()
+	e := newEnv(b, Options{})
+	bodies := benchBodies(b, b.N)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchClients}}
+	url := e.srv.URL + OutboundPath + "?token=" + testToken
+	lat := make([]time.Duration, b.N)
+	var failed atomic.Value
+	b.ResetTimer()
+	runClients(benchClients, len(bodies), func(i int) bool {
+		start := time.Now()
+		resp, err := client.Post(url, "text/xml; charset=utf-8", bytes.NewReader(bodies[i]))
+		if err != nil {
+			failed.Store(err.Error())
+			return false
 		}
-		wg.Wait()
-		b.StopTimer()
-		if f := failed.Load(); f != nil {
-			b.Fatal(f)
+		ack, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		lat[i] = time.Since(start)
+		if resp.StatusCode != http.StatusOK || string(ack) != ackEnvelope {
+			failed.Store(fmt.Sprintf("%d %s", resp.StatusCode, ack))
+			return false
 		}
-		slices.Sort(lat)
-		b.ReportMetric(float64(b.N*MaxNotifications)/b.Elapsed().Seconds(), "notifications/s")
-		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-		if applies, applied, _ := e.store.counts(); applies != b.N || applied != b.N*MaxNotifications {
-			b.Fatalf("%d applies of %d updates for %d POSTs", applies, applied, b.N)
-		}
+		return true
+	})
+	b.StopTimer()
+	if f := failed.Load(); f != nil {
+		b.Fatal(f)
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N*MaxNotifications)/b.Elapsed().Seconds(), "notifications/s")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	if applies, applied, _ := e.store.counts(); applies != b.N || applied != b.N*MaxNotifications {
+		b.Fatalf("%d applies of %d updates for %d POSTs", applies, applied, b.N)
 	}
 }
 
 func benchApply(b *testing.B, benchClients int) {
-	{
-		e := newEnv(b, Options{})
-		batches := make([][]guard.Update, b.N)
-		for i, body := range benchBodies(b, b.N) {
-			m, err := decodeOutbound(body)
+	e := newEnv(b, Options{})
+	batches := make([][]guard.Update, b.N)
+	for i, body := range benchBodies(b, b.N) {
+		m, err := decodeOutbound(body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, n := range m.Notifications {
+			id, _ := n.field("Id")
+			up, _, err := DefaultMapping().Record(n.Object, id, n.field, RecordOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}
-			for _, n := range m.Notifications {
-				id, _ := n.field("Id")
-				up, _, err := DefaultMapping().Record(n.Object, id, n.field, RecordOptions{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				batches[i] = append(batches[i], up)
-			}
+			batches[i] = append(batches[i], up)
 		}
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		b.ResetTimer()
-		for w := 0; w < benchClients; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(batches) {
-						return
-					}
-					if _, err := e.store.Store.Apply(context.Background(), batches[i]); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		b.StopTimer()
-		b.ReportMetric(float64(b.N*MaxNotifications)/b.Elapsed().Seconds(), "notifications/s")
 	}
+	b.ResetTimer()
+	runClients(benchClients, len(batches), func(i int) bool {
+		if _, err := e.store.Store.Apply(context.Background(), batches[i]); err != nil {
+			b.Error(err)
+			return false
+		}
+		return true
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*MaxNotifications)/b.Elapsed().Seconds(), "notifications/s")
+}
+
+// runClients calls do(0) … do(n-1) from clients goroutines, each taking the
+// next index until they run out or do returns false, and waits for them.
+func runClients(clients, n int, do func(i int) bool) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || !do(i) {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
