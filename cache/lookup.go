@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -232,27 +231,11 @@ func decodeLines(line string) ([]guard.Record, error) {
 		return nil, fmt.Errorf("malformed lookup line (%d fields)", n)
 	}
 	recs := make([]guard.Record, n/lineFields)
-	next := func() string {
-		i := strings.IndexByte(line, 0)
-		if i < 0 {
-			f := line
-			line = ""
-			return f
-		}
-		f := line[:i]
-		line = line[i+1:]
-		return f
-	}
 	for r := range recs {
-		rec := &recs[r]
-		next() // identifier hashes
-		rec.ID = next()
-		rec.Version = millis(next())
-		rec.Object = next()
-		for c := range guard.NumChannels {
-			rec.Consent[c] = next()
+		var err error
+		if line, _, err = cutLine(line, &recs[r]); err != nil {
+			return nil, err
 		}
-		rec.UpdatedAt = millis(next())
 	}
 	return recs, nil
 }
@@ -270,7 +253,7 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		if !ok {
 			continue
 		}
-		if strings.HasPrefix(key, s.prefix+"i:") {
+		if id.Kind != guard.KindRecordID {
 			hashes[i] = key[len(s.prefix)+2:]
 			sets[i] = pipe.SMembers(ctx, key)
 		} else {
@@ -283,14 +266,15 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 		return nil, err
 	}
+	slab := recordSlab{hint: len(ids)}
 	reads := map[string]*redis.StringCmd{}
 	pipe = s.rdb.Pipeline()
 	for i := range ids {
 		switch {
 		case direct[i] != nil:
 			if line := direct[i].Val(); line != "" {
-				recs, err := decodeLines(line)
-				if err != nil {
+				recs := slab.take(1)
+				if err := decodeLine(line, &recs[0]); err != nil {
 					return nil, err
 				}
 				out[i] = recs
@@ -315,18 +299,23 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 			continue
 		}
 		members := sets[i].Val()
-		slices.Sort(members)
-		for _, rid := range members {
-			line := reads[rid].Val()
-			if !lineCarries(line, hashes[i]) {
-				stale = append(stale, pair{hash: hashes[i], id: rid})
-				continue
+		lines := make([]string, len(members))
+		for j, rid := range members {
+			lines[j] = reads[rid].Val()
+		}
+		recs, all, err := liveRecords(hashes[i], lines, &slab)
+		if err != nil {
+			return nil, err
+		}
+		if len(recs) > 0 {
+			out[i] = recs
+		}
+		if !all {
+			for j, rid := range members {
+				if !lineCarries(lines[j], hashes[i]) {
+					stale = append(stale, pair{hash: hashes[i], id: rid})
+				}
 			}
-			recs, err := decodeLines(line)
-			if err != nil {
-				return nil, err
-			}
-			out[i] = append(out[i], recs...)
 		}
 	}
 	return stale, nil

@@ -318,37 +318,28 @@ func (s *Store) lookupSortedChunk(ctx context.Context, ids []guard.Identifier, o
 			out[i] = recs
 		case l.set != nil:
 			v := l.set.Val()
-			live, gone := 0, false
+			recs, all, err := liveRecords(l.hash, v, &slab)
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(recs) > 0 {
+				out[i] = recs
+			}
+			if all {
+				continue
+			}
+			gone := false
 			for _, line := range v {
 				switch {
 				case line == "":
 					gone = true // a tombstone or no record: Id unknown
-				case lineCarries(line, l.hash):
-					live++
-				default:
+				case !lineCarries(line, l.hash):
 					id, ok := lineID(line)
 					if !ok {
 						return nil, nil, errMalformedLine
 					}
 					stale = append(stale, pair{hash: l.hash, id: id})
 				}
-			}
-			var recs []guard.Record
-			if live > 0 {
-				recs = slab.take(live)
-				r := 0
-				for _, line := range v {
-					if line != "" && lineCarries(line, l.hash) {
-						if err := decodeLine(line, &recs[r]); err != nil {
-							return nil, nil, err
-						}
-						r++
-					}
-				}
-				if live > 1 {
-					slices.SortFunc(recs, func(a, b guard.Record) int { return strings.Compare(a.ID, b.ID) })
-				}
-				out[i] = recs
 			}
 			if gone {
 				sweeps = append(sweeps, sweep{hash: l.hash, keep: recs})
@@ -463,22 +454,58 @@ func (sl *recordSlab) take(n int) []guard.Record {
 	return sl.buf[start : start+n : start+n]
 }
 
+// liveRecords decodes the lookup lines that carry hash h (lineCarries)
+// into records from slab, sorted by Id; all reports whether every line did.
+// Lines of records that are gone ("") or no longer carry h are skipped: the
+// caller removes their index entries.
+func liveRecords(h string, lines []string, slab *recordSlab) (recs []guard.Record, all bool, err error) {
+	live := 0
+	for _, line := range lines {
+		if lineCarries(line, h) {
+			live++
+		}
+	}
+	if live == 0 {
+		return nil, len(lines) == 0, nil
+	}
+	recs = slab.take(live)
+	r := 0
+	for _, line := range lines {
+		if lineCarries(line, h) {
+			if err := decodeLine(line, &recs[r]); err != nil {
+				return nil, false, err
+			}
+			r++
+		}
+	}
+	if live > 1 {
+		slices.SortFunc(recs, func(a, b guard.Record) int { return strings.Compare(a.ID, b.ID) })
+	}
+	return recs, live == len(lines), nil
+}
+
 // decodeLine parses exactly one lookup line (lineFields NUL-separated
 // fields) into rec; the strings share the line's memory.
 func decodeLine(line string, rec *guard.Record) error {
-	var f [lineFields]string
-	for k := range lineFields - 1 {
-		j := strings.IndexByte(line, 0)
-		if j < 0 {
-			return errMalformedLine
-		}
-		f[k] = line[:j]
-		line = line[j+1:]
-	}
-	if strings.IndexByte(line, 0) >= 0 {
+	if _, more, err := cutLine(line, rec); err != nil || more {
 		return errMalformedLine
 	}
-	f[lineFields-1] = line
+	return nil
+}
+
+// cutLine parses the first lookup line of s (lineFields NUL-separated
+// fields) into rec and returns what follows it; more reports whether a NUL
+// followed, that is another line. The strings share s's memory.
+func cutLine(s string, rec *guard.Record) (rest string, more bool, err error) {
+	var f [lineFields]string
+	for k := range lineFields - 1 {
+		j := strings.IndexByte(s, 0)
+		if j < 0 {
+			return "", false, errMalformedLine
+		}
+		f[k], s = s[:j], s[j+1:]
+	}
+	f[lineFields-1], rest, more = strings.Cut(s, "\x00")
 	// f[0]: the identifier hashes
 	rec.ID = f[1]
 	rec.Version = millis(f[2])
@@ -487,5 +514,5 @@ func decodeLine(line string, rec *guard.Record) error {
 		rec.Consent[c] = f[4+c]
 	}
 	rec.UpdatedAt = millis(f[8])
-	return nil
+	return rest, more, nil
 }
