@@ -60,46 +60,47 @@ type eraseView struct {
 
 // handleContactGet serves GET /v1/contacts/{id}.
 func (s *server) handleContactGet() gin.HandlerFunc {
-	return func(c *gin.Context) {
-		id, err := guard.NormalizeRecordID(c.Param("id"))
-		if err != nil {
-			s.fail(c, err)
-			return
-		}
-		ctx, cancel := context.WithTimeout(c.Request.Context(), s.timeout)
-		defer cancel()
+	return s.contactRoute(func(ctx context.Context, c *gin.Context, id string) error {
 		rec, err := s.contacts.Get(ctx, id)
 		if err != nil {
-			s.fail(c, err)
-			return
+			return err
 		}
 		hist, err := s.contacts.History(ctx, id)
 		if err != nil {
-			s.fail(c, err)
-			return
+			return err
 		}
 		writeJSON(c, statusFor(nil), s.contactView(rec, hist))
-	}
+		return nil
+	})
 }
 
 // handleContactDelete serves DELETE /v1/contacts/{id}: admin erase, which
 // leaves a tombstone so that no older message brings the record back.
 func (s *server) handleContactDelete() gin.HandlerFunc {
-	return func(c *gin.Context) {
-		id, err := guard.NormalizeRecordID(c.Param("id"))
-		if err != nil {
-			s.fail(c, err)
-			return
-		}
-		ctx, cancel := context.WithTimeout(c.Request.Context(), s.timeout)
-		defer cancel()
+	return s.contactRoute(func(ctx context.Context, c *gin.Context, id string) error {
 		out, err := s.contacts.Erase(ctx, id)
 		if err != nil {
-			s.fail(c, err)
-			return
+			return err
 		}
 		s.log.Info("contact erased", "id", id, "outcome", out.String())
 		writeJSON(c, statusFor(nil), eraseView{ID: id, Outcome: out})
+		return nil
+	})
+}
+
+// contactRoute is what the contact routes share: it normalises the {id},
+// runs serve under the store timeout, and answers the error of either.
+func (s *server) contactRoute(serve func(ctx context.Context, c *gin.Context, id string) error) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id, err := guard.NormalizeRecordID(c.Param("id"))
+		if err == nil {
+			ctx, cancel := context.WithTimeout(c.Request.Context(), s.timeout)
+			defer cancel()
+			err = serve(ctx, c, id)
+		}
+		if err != nil {
+			s.fail(c, err)
+		}
 	}
 }
 
