@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -214,6 +215,23 @@ func (w Warning) String() string {
 		return string(w.Code) + " " + w.Field
 	}
 	return fmt.Sprintf("%s %s %q", w.Code, w.Field, w.Value)
+}
+
+// WriteCounts appends what the import and sync summaries list after their
+// totals: ", created 3" for each non-zero store outcome (in a fixed order),
+// then a line per warning code (sorted) and per skipped row.
+func WriteCounts(b *strings.Builder, outcomes map[string]int, warnings map[WarningCode]int, skipped []string) {
+	for _, o := range []guard.Outcome{guard.Created, guard.Replaced, guard.Merged, guard.Restricted, guard.Tombstoned, guard.Stale, guard.Unchanged} {
+		if n := outcomes[o.String()]; n > 0 {
+			fmt.Fprintf(b, ", %s %d", o, n)
+		}
+	}
+	for _, code := range slices.Sorted(maps.Keys(warnings)) {
+		fmt.Fprintf(b, "\n  warning %s: %d", code, warnings[code])
+	}
+	for _, p := range skipped {
+		fmt.Fprintf(b, "\n  skipped %s", p)
+	}
 }
 
 // ErrUnknownObject: the object type is not in the mapping.

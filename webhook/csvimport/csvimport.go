@@ -47,17 +47,7 @@ type Summary struct {
 func (s Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rows %d, skipped %d", s.Rows, s.Skipped)
-	for _, o := range []guard.Outcome{guard.Created, guard.Replaced, guard.Merged, guard.Restricted, guard.Tombstoned, guard.Stale, guard.Unchanged} {
-		if n := s.Outcomes[o.String()]; n > 0 {
-			fmt.Fprintf(&b, ", %s %d", o, n)
-		}
-	}
-	for code, n := range s.Warnings {
-		fmt.Fprintf(&b, "\n  warning %s: %d", code, n)
-	}
-	for _, p := range s.Problems {
-		fmt.Fprintf(&b, "\n  skipped %s", p)
-	}
+	webhook.WriteCounts(&b, s.Outcomes, s.Warnings, s.Problems)
 	return b.String()
 }
 

@@ -54,22 +54,7 @@ func (s Summary) String() string {
 		since = "since " + s.Since
 	}
 	fmt.Fprintf(&b, "sync %s (%s): pages %d, rows %d, deleted %d, skipped %d", strings.Join(s.Objects, ","), since, s.Pages, s.Rows, s.Deleted, s.Skipped)
-	for _, o := range []guard.Outcome{guard.Created, guard.Replaced, guard.Merged, guard.Restricted, guard.Tombstoned, guard.Stale, guard.Unchanged} {
-		if n := s.Outcomes[o.String()]; n > 0 {
-			fmt.Fprintf(&b, ", %s %d", o, n)
-		}
-	}
-	codes := make([]string, 0, len(s.Warnings))
-	for code := range s.Warnings {
-		codes = append(codes, string(code))
-	}
-	sort.Strings(codes)
-	for _, code := range codes {
-		fmt.Fprintf(&b, "\n  warning %s: %d", code, s.Warnings[webhook.WarningCode(code)])
-	}
-	for _, p := range s.Problems {
-		fmt.Fprintf(&b, "\n  skipped %s", p)
-	}
+	webhook.WriteCounts(&b, s.Outcomes, s.Warnings, s.Problems)
 	return b.String()
 }
 
