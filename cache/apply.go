@@ -136,7 +136,7 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 		if (id.Kind != guard.KindEmail && id.Kind != guard.KindPhone) || id.Value == "" {
 			continue
 		}
-		hashes = append(hashes, s.idHash(id))
+		hashes = append(hashes, s.IdentifierHash(id))
 	}
 	slices.Sort(hashes)
 	hashes = slices.Compact(hashes)

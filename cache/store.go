@@ -226,8 +226,10 @@ func (s *Store) appendIDHash(dst []byte, id guard.Identifier) []byte {
 	return dst
 }
 
-// idHash returns hex(HMAC-SHA256(HashKey, id.Key())).
-func (s *Store) idHash(id guard.Identifier) string {
+// IdentifierHash returns hex(HMAC-SHA256(HashKey, id.Key())): the only form
+// in which the store keeps an identifier. The decision audit log writes the
+// same digest, so an entry can be matched to an index key.
+func (s *Store) IdentifierHash(id guard.Identifier) string {
 	var out [2 * sha256.Size]byte
 	return string(s.appendIDHash(out[:0], id))
 }

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -347,6 +350,12 @@ func TestEndToEndOnRedis(t *testing.T) {
 	}
 	if strings.Contains(strings.ToLower(string(raw)), "mustermann") || strings.Contains(string(raw), "17540322") {
 		t.Fatal("audit log holds plaintext identifiers")
+	}
+	// The audit log names the address by the same digest the store indexes it under.
+	mac := hmac.New(sha256.New, []byte(testKey))
+	mac.Write([]byte("email:max.mustermann@firma.de"))
+	if !strings.Contains(string(raw), hex.EncodeToString(mac.Sum(nil))) {
+		t.Fatal("audit log does not carry the identifier's HMAC")
 	}
 	if n := strings.Count(string(raw), "\n"); n < 5 {
 		t.Fatalf("audit log has %d decisions, want at least 5", n)

@@ -64,7 +64,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	cfg, log := a.cfg, a.log
 
 	if cfg.Audit.Path != "" {
-		auditLog, err = audit.Open(cfg.Audit.Path, a.hashKey)
+		auditLog, err = audit.Open(cfg.Audit.Path, a.store.IdentifierHash)
 		if err != nil {
 			return fmt.Errorf("audit.path: %w", err)
 		}

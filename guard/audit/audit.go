@@ -2,17 +2,15 @@
 // that a data-protection officer can later show why a mail went out or a
 // call was placed (GDPR Art. 7(1), UWG §7a).
 //
-// Identifiers are written only as HMAC-SHA256(hash_key, "kind:value") in
-// hex — the same digest the cache uses for its indexes — so the file holds
-// no plaintext email or phone, yet a known address can be looked up by
-// hashing it (consentguard's hash_key is needed for that).
+// Identifiers are written only through the digest function given to Open —
+// consentguard passes the store's cache.Store.IdentifierHash, hex
+// HMAC-SHA256(hash_key, "kind:value") — so the file holds no plaintext email
+// or phone, yet a known address can be looked up by hashing it (the
+// hash_key is needed for that).
 package audit
 
 import (
 	"bufio"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,7 +38,7 @@ type Log struct {
 	mu     sync.Mutex
 	f      *os.File
 	w      *bufio.Writer
-	key    []byte
+	digest func(guard.Identifier) string
 	err    error
 	done   chan struct{}
 	closed bool
@@ -50,26 +48,20 @@ type Log struct {
 // FlushInterval is how long an entry may sit in the buffer.
 const FlushInterval = time.Second
 
-// Open opens (creating if needed) the file at path for appending.
-func Open(path string, hashKey []byte) (*Log, error) {
-	if len(hashKey) == 0 {
-		return nil, errors.New("audit: empty hash key")
+// Open opens (creating if needed) the file at path for appending. digest
+// turns an identifier into the only form the file keeps of it.
+func Open(path string, digest func(guard.Identifier) string) (*Log, error) {
+	if digest == nil {
+		return nil, errors.New("audit: no identifier digest")
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	l := &Log{f: f, w: bufio.NewWriterSize(f, 64<<10), key: hashKey, done: make(chan struct{})}
+	l := &Log{f: f, w: bufio.NewWriterSize(f, 64<<10), digest: digest, done: make(chan struct{})}
 	l.wg.Add(1)
 	go l.flusher()
 	return l, nil
-}
-
-// Hash is the digest written for an identifier.
-func Hash(key []byte, id guard.Identifier) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(id.Key()))
-	return hex.EncodeToString(m.Sum(nil))
 }
 
 // Observe appends a decision; it is the guard.Options.Observe hook.
@@ -77,7 +69,7 @@ func (l *Log) Observe(d guard.Decision) {
 	e := Entry{At: d.At.UTC(), Channel: d.Channel, Allowed: d.Allowed, Reason: d.Reason, Records: d.Records}
 	if d.Identifier.Kind != 0 && d.Identifier.Value != "" {
 		e.IdentifierKind = d.Identifier.Kind.String()
-		e.IdentifierHash = Hash(l.key, d.Identifier)
+		e.IdentifierHash = l.digest(d.Identifier)
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
