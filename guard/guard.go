@@ -19,8 +19,13 @@ type Store interface {
 	Lookup(ctx context.Context, ids []Identifier) ([][]Record, error)
 }
 
-// DefaultTimeout bounds one store lookup.
+// DefaultTimeout bounds the store lookup of one check.
 const DefaultTimeout = 250 * time.Millisecond
+
+// DefaultBatchTimeout bounds the store lookup of a batch (up to 10,000
+// identifiers in a few pipelines): it is still one bounded answer, but one
+// that carries a lot more work than a single check.
+const DefaultBatchTimeout = 2 * time.Second
 
 // Options configure a Guard. The zero value gives the German vocabulary,
 // region DE, a 250 ms store timeout, the wall clock and a discarding logger.
@@ -28,8 +33,11 @@ type Options struct {
 	Vocabulary Vocabulary
 	Region     string // default region for phone numbers without a country code
 	Timeout    time.Duration
-	Clock      func() time.Time
-	Logger     *slog.Logger
+	// BatchTimeout bounds the lookup of a CheckBatch of more than one
+	// identifier; default DefaultBatchTimeout, never less than Timeout.
+	BatchTimeout time.Duration
+	Clock        func() time.Time
+	Logger       *slog.Logger
 	// Observe, when set, sees every decision the guard makes (audit log,
 	// metrics). It must not block.
 	Observe func(Decision)
@@ -41,6 +49,7 @@ type Guard struct {
 	vocab   Vocabulary
 	region  string
 	timeout time.Duration
+	batch   time.Duration
 	now     func() time.Time
 	log     *slog.Logger
 	observe func(Decision)
@@ -53,6 +62,7 @@ func New(store Store, opts Options) *Guard {
 		vocab:   opts.Vocabulary,
 		region:  opts.Region,
 		timeout: opts.Timeout,
+		batch:   opts.BatchTimeout,
 		now:     opts.Clock,
 		log:     opts.Logger,
 		observe: opts.Observe,
@@ -66,6 +76,10 @@ func New(store Store, opts Options) *Guard {
 	if g.timeout <= 0 {
 		g.timeout = DefaultTimeout
 	}
+	if g.batch <= 0 {
+		g.batch = DefaultBatchTimeout
+	}
+	g.batch = max(g.batch, g.timeout)
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -124,7 +138,8 @@ func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision,
 	return d, nil
 }
 
-// lookup asks the store under the guard's timeout and turns every failure
+// lookup asks the store under the guard's timeout (the batch timeout for
+// more than one identifier) and turns every failure
 // into ErrUnavailable.
 //
 // A caller whose own deadline falls within the guard's timeout already
@@ -134,10 +149,14 @@ func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision,
 func (g *Guard) lookup(ctx context.Context, ch Channel, ids []Identifier) ([][]Record, error) {
 	var recs [][]Record
 	var err error
-	if dl, ok := ctx.Deadline(); ok && !dl.After(time.Now().Add(g.timeout)) {
+	limit := g.timeout
+	if len(ids) > 1 {
+		limit = g.batch
+	}
+	if dl, ok := ctx.Deadline(); ok && !dl.After(time.Now().Add(limit)) {
 		recs, err = g.store.Lookup(ctx, ids)
 	} else {
-		lctx, cancel := context.WithTimeout(ctx, g.timeout)
+		lctx, cancel := context.WithTimeout(ctx, limit)
 		recs, err = g.store.Lookup(lctx, ids)
 		cancel()
 	}

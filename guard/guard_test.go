@@ -307,3 +307,32 @@ func TestVersionString(t *testing.T) {
 		t.Error("zero time should render empty")
 	}
 }
+
+// delayStore answers after a delay, unless its context ends first.
+type delayStore struct{ d time.Duration }
+
+func (s delayStore) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
+	select {
+	case <-time.After(s.d):
+		return make([][]guard.Record, len(ids)), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// A batch carries more work than one check and has its own bound.
+func TestBatchTimeout(t *testing.T) {
+	g := guard.New(delayStore{200 * time.Millisecond}, guard.Options{Timeout: 5 * time.Millisecond, BatchTimeout: 10 * time.Second})
+	id := mustEmail(t, "a@b.de")
+	if _, err := g.Check(context.Background(), guard.Email, id); !errors.Is(err, guard.ErrUnavailable) {
+		t.Fatalf("single check past Timeout: %v", err)
+	}
+	ds, err := g.CheckBatch(context.Background(), guard.Email, []guard.Identifier{id, mustEmail(t, "c@d.de")})
+	if err != nil || ds[0].Reason != guard.ReasonUnknownContact {
+		t.Fatalf("batch within BatchTimeout: %+v %v", ds, err)
+	}
+	g = guard.New(delayStore{time.Minute}, guard.Options{Timeout: 5 * time.Millisecond, BatchTimeout: 20 * time.Millisecond})
+	if _, err := g.CheckBatch(context.Background(), guard.Email, []guard.Identifier{id, id}); !errors.Is(err, guard.ErrUnavailable) {
+		t.Fatalf("batch past BatchTimeout: %v", err)
+	}
+}

@@ -92,11 +92,12 @@ func openApp(ctx context.Context, cfgPath string, getenv func(string) string, st
 		return nil, fmt.Errorf("store %s: %w", redactURL(cfg.Redis.URL), err)
 	}
 	a.guard = guard.New(a.store, guard.Options{
-		Vocabulary: cfg.Salesforce.Values,
-		Region:     cfg.Identity.DefaultRegion,
-		Timeout:    cfg.Redis.Timeout,
-		Logger:     a.log,
-		Observe:    observe,
+		Vocabulary:   cfg.Salesforce.Values,
+		Region:       cfg.Identity.DefaultRegion,
+		Timeout:      cfg.Redis.Timeout,
+		BatchTimeout: cfg.Redis.BatchTimeout,
+		Logger:       a.log,
+		Observe:      observe,
 	})
 	return a, nil
 }

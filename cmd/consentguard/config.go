@@ -53,6 +53,8 @@ type RedisConfig struct {
 	URL string `yaml:"url"`
 	// Timeout bounds one consent lookup; default 250ms.
 	Timeout time.Duration `yaml:"timeout" validate:"gte=0"`
+	// BatchTimeout bounds the lookup of a batch or scrub chunk; default 2s.
+	BatchTimeout time.Duration `yaml:"batch_timeout" validate:"gte=0"`
 }
 
 // IdentityConfig controls identifier hashing and phone parsing.
