@@ -16,9 +16,10 @@ import (
 
 // Apply writes a batch of updates under the ingest rules of DESIGN.md and
 // returns one Outcome per update, in order. Each update is one run of the
-// compare-and-set script on its record's slot; the whole batch is one
-// pipelined round trip, followed by one pipeline maintaining the identifier
-// index (SADD the hashes each record carries, SREM those it dropped).
+// compare-and-set script on its record's slot, which on a standalone or
+// Sentinel-managed Redis also keeps the record's identifier index entries;
+// the whole batch is one pipelined round trip. On Cluster one more pipeline
+// maintains the index (maintainIndex).
 //
 // Rules, per record (versions compared in unix milliseconds):
 //   - newer version: replaces consent and identifiers (Replaced; Created if
@@ -83,7 +84,7 @@ func (s *Store) Erase(ctx context.Context, id string) (guard.Outcome, error) {
 	}
 	now := strconv.FormatInt(s.now().UnixMilli(), 10)
 	c := casCall{id: rid, keys: []string{s.recordKey(rid), s.historyKey(rid)}}
-	c.args = []any{"e", "0", now, "", "", "", "", "", "1111", "", s.limit, "erase", "", rid}
+	c.args = []any{"e", "0", now, "", "", "", "", "", "1111", "", s.limit, "erase", "", rid, s.scriptIndex()}
 	res, err := s.runCAS(ctx, []casCall{c})
 	if err != nil {
 		return 0, err
@@ -145,7 +146,7 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 		keys: []string{s.recordKey(rid), s.historyKey(rid)},
 		args: []any{mode, ver, now, noNUL(u.Object),
 			noNUL(u.Consent[0]), noNUL(u.Consent[1]), noNUL(u.Consent[2]), noNUL(u.Consent[3]), string(ranks[:]),
-			strings.Join(hashes, " "), s.limit, u.Source, u.Ref, rid},
+			strings.Join(hashes, " "), s.limit, u.Source, u.Ref, rid, s.scriptIndex()},
 	}, nil
 }
 
@@ -208,18 +209,31 @@ func parseCAS(cmd *redis.Cmd) (casResult, error) {
 	return casResult{outcome: guard.Outcome(o), carried: carried, dropped: dropped}, nil
 }
 
-// maintainIndex makes the index agree with what the script wrote: SADD the
-// record to every hash it carries (this also repairs entries lost to a crash
-// between script and index write, whenever the record is written again) and
-// SREM it from every hash it dropped, in one pipeline, followed by
-// unindex's re-check of the dropped entries.
+// scriptIndex is casScript's ARGV[15]: the index key prefix where the
+// script keeps the index (not on Cluster), else "".
+func (s *Store) scriptIndex() string {
+	if s.cluster {
+		return ""
+	}
+	return s.prefix + "i:"
+}
+
+// maintainIndex makes the index agree with what the script wrote, on
+// Cluster (elsewhere the script did it): HSET the record's field, with an
+// empty value, under every hash it carries (this also repairs entries lost
+// to a crash between script and index write, whenever the record is written
+// again) and HDEL it under every hash it dropped, in one pipeline, followed
+// by unindex's re-check of the dropped entries.
 func (s *Store) maintainIndex(ctx context.Context, calls []casCall, res []casResult) error {
+	if !s.cluster {
+		return nil
+	}
 	pipe := s.rdb.Pipeline()
 	var drops []pair
 	for i, r := range res {
 		id := calls[i].id
 		for h := range strings.FieldsSeq(r.carried) {
-			pipe.SAdd(ctx, s.indexKey(h), id)
+			pipe.HSet(ctx, s.indexKey(h), id, "")
 		}
 		for h := range strings.FieldsSeq(r.dropped) {
 			drops = append(drops, pair{hash: h, id: id})
@@ -234,17 +248,18 @@ func (s *Store) maintainIndex(ctx context.Context, calls []casCall, res []casRes
 // pair is one index entry: record id under identifier hash.
 type pair struct{ hash, id string }
 
-// unindex removes the index entries ps, sending the removals along with
-// whatever pipe already holds, then re-reads the records and adds back any
-// entry whose record carries the hash again (lineCarries). The index and
-// the record live in different slots, so the removal cannot be atomic with
-// the check; this order makes a racing writer's SADD (which always follows
-// its record write) or the re-check restore the entry, so a live identifier
-// is never left unindexed. Round trips: one for pipe and the removals, and
-// only with removals one for the re-read and at most one for the re-adds.
+// unindex removes the Cluster index entries ps, sending the removals along
+// with whatever pipe already holds, then re-reads the records and adds back
+// any entry whose record carries the hash again (lineCarries). The index
+// and the record live in different slots, so the removal cannot be atomic
+// with the check; this order makes a racing writer's HSET (which always
+// follows its record write) or the re-check restore the entry, so a live
+// identifier is never left unindexed. Round trips: one for pipe and the
+// removals, and only with removals one for the re-read and at most one for
+// the re-adds.
 func (s *Store) unindex(ctx context.Context, pipe redis.Pipeliner, ps []pair) error {
 	for _, p := range ps {
-		pipe.SRem(ctx, s.indexKey(p.hash), p.id)
+		pipe.HDel(ctx, s.indexKey(p.hash), p.id)
 	}
 	if pipe.Len() == 0 {
 		return nil
@@ -269,7 +284,7 @@ func (s *Store) unindex(ctx context.Context, pipe redis.Pipeliner, ps []pair) er
 			line = str(v[0])
 		}
 		if lineCarries(line, p.hash) {
-			pipe.SAdd(ctx, s.indexKey(p.hash), p.id)
+			pipe.HSet(ctx, s.indexKey(p.hash), p.id, "")
 		}
 	}
 	if pipe.Len() > 0 {

@@ -26,7 +26,7 @@ import (
 const benchPeople = 5000 // records, each with one email and one phone
 
 // benchStore fills a fresh redis-server. tweak (may be nil) adjusts the
-// store before Init, e.g. cache.UseScriptLookup for the Lua read path.
+// store before Init, e.g. cache.UseClusterLookup for the Cluster path.
 func benchStore(b *testing.B, tweak ...func(*cache.Store)) (*cache.Store, *redis.Client) {
 	b.Helper()
 	ctx := context.Background()
@@ -77,15 +77,16 @@ func BenchmarkBaselineHGET(b *testing.B) {
 	reportCmdTime(b, rdb, "hget")
 }
 
-// lookupPaths are the read paths the lookup benchmarks compare: SORT_RO
-// (standalone/Sentinel default) and the Lua script (fallback).
+// lookupPaths are the read paths the lookup benchmarks compare: direct
+// (standalone/Sentinel, one HVALS) and cluster (HKEYS, then HGET of each
+// record; two round trips), both against the same standalone server.
 var lookupPaths = []struct {
 	name  string
 	tweak func(*cache.Store)
 	cmd   string // the Redis command a lookup runs, for INFO commandstats
 }{
-	{"sort", func(*cache.Store) {}, "sort_ro"},
-	{"script", cache.UseScriptLookup, "evalsha_ro"},
+	{"direct", func(*cache.Store) {}, "hvals"},
+	{"cluster", cache.UseClusterLookup, "hkeys"},
 }
 
 // reportCmdTime adds redis-server's own time per call of cmd since the last
@@ -217,9 +218,16 @@ func BenchmarkLookupBatch10000Phones(b *testing.B) {
 }
 
 // BenchmarkApply100: one POST's worth of updates, each a newer version
-// (Replaced) of an existing record.
+// (Replaced) of an existing record; direct: the script keeps the index,
+// cluster: one more pipeline does.
 func BenchmarkApply100(b *testing.B) {
-	st, _ := benchStore(b)
+	for _, p := range lookupPaths {
+		b.Run(p.name, func(b *testing.B) { benchApply100(b, p.tweak) })
+	}
+}
+
+func benchApply100(b *testing.B, tweak func(*cache.Store)) {
+	st, _ := benchStore(b, tweak)
 	ctx := context.Background()
 	ups := make([]guard.Update, 100)
 	for n := range ups {

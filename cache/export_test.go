@@ -1,21 +1,15 @@
 package cache
 
-// UseClusterLookup makes s answer lookups the way it does on a
-// *redis.ClusterClient (two pipelined round trips, no cross-slot script), so
-// the contract suite covers that path against a standalone server.
+// UseClusterLookup makes s read and write the way it does on a
+// *redis.ClusterClient (index kept by the caller after the script, lookups
+// in two verified round trips), so the contract suite covers that path
+// against a standalone server.
 func UseClusterLookup(s *Store) { s.cluster = true }
 
-// UseScriptLookup makes s answer lookups with the read-only Lua script, the
-// fallback for a Redis that refuses SORT_RO with GET patterns.
-func UseScriptLookup(s *Store) { s.sortOff.Store(true) }
-
-// LookupPath names the read path s uses now: "cluster", "sort" or "script".
+// LookupPath names the read path s uses: "cluster" or "direct".
 func LookupPath(s *Store) string {
-	switch {
-	case s.cluster:
+	if s.cluster {
 		return "cluster"
-	case s.useSort():
-		return "sort"
 	}
-	return "script"
+	return "direct"
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,40 +12,30 @@ import (
 	"github.com/consentguard/consentguard/guard"
 )
 
-// lookupChunk is how many identifiers one lookup script run handles. All
-// chunks of a batch go out in one pipeline; chunking keeps each script run
-// short so a 10,000-item batch does not stall other clients.
-const lookupChunk = 256
-
 // Lookup returns, per identifier and in order, the live records carrying it
 // (guard.Store). Email and phone identifiers go through the hashed index;
-// each index entry is verified against the record, so a stale entry never
-// yields a record. Record Ids read the record directly. Tombstones are left
-// out.
+// record Ids read the record directly. Tombstones are left out.
 //
 // Round trips: every path answers a single check in one round trip, like
 // a bare HGET, except Cluster.
 //
-//   - Standalone or Sentinel-managed Redis >= 7.0: one native command per
-//     identifier, SORT_RO <index> BY nosort GET <record>->l (HGET l for a
-//     record Id), verified in Go from the lookup line alone; a batch is one
-//     pipeline, or up to sortParallel concurrent pipelines of sortChunk
-//     (sortlookup.go).
-//   - Where Redis refuses that (Redis < 7.0, an ACL user without read access
-//     to all keys, miniredis): the read-only Lua script (SMEMBERS → HGET l
-//     → verify inside Redis, lookupChunk identifiers per run, all runs in one
-//     pipeline). Init probes for this; a refusal met by a lookup also
-//     switches, and the lookup is answered by the script. The switch lasts
-//     for the life of the Store.
-//   - *redis.ClusterClient: neither SORT GET patterns nor a script may read
-//     keys of other slots, so Lookup takes two pipelined round trips there:
-//     SMEMBERS of every index key, then HGET l of every record named.
+//   - Standalone or Sentinel-managed Redis (and the embedded store): one
+//     native command per identifier on one key, HVALS <index> (HGET l for a
+//     record Id). The write script keeps every index entry equal to its
+//     record's lookup line in the same atomic run, so no crash or race
+//     leaves an entry the record does not back; each line is still checked
+//     to list the identifier's hash. A batch is one pipeline, or up to
+//     directParallel concurrent pipelines of directChunk (direct.go).
+//   - *redis.ClusterClient: the index keys lie in other slots than the
+//     records, so they are written after the record (maintainIndex) and
+//     are only a hint: Lookup reads the index (HKEYS) and then the lookup
+//     line of every record named, and keeps the records that still carry
+//     the identifier. Two pipelined round trips.
 //
-// Index entries found stale are removed after the answer is built (best
-// effort, never failing the lookup). On the SORT_RO path an entry naming a
-// record that is gone or a tombstone comes back as nil, without its Id;
-// only then does the lookup read the index set (SMEMBERS) to find and
-// remove such entries (sweepIndex).
+// Repairs happen after the answer is built and never fail the lookup: on
+// Cluster, entries naming a record that does not carry the identifier are
+// removed; elsewhere an index holding such an entry is rebuilt from its
+// records (repairIndex).
 func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
 	if s.err != nil {
 		return nil, s.err
@@ -55,34 +44,25 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 	if len(ids) == 0 {
 		return out, nil
 	}
-	var stale []pair
-	var sweeps []sweep
-	var err error
-	switch {
-	case s.cluster:
-		stale, err = s.lookupCluster(ctx, ids, out)
-	case s.useSort():
-		stale, sweeps, err = s.lookupSorted(ctx, ids, out)
-		if r, ok := err.(errSortRefused); ok {
-			s.disableSort(r.err)
-			stale, err = s.lookupScripted(ctx, ids, out)
+	if s.cluster {
+		stale, err := s.lookupCluster(ctx, ids, out)
+		if err != nil {
+			return nil, fmt.Errorf("cache: lookup: %w", err)
 		}
-	default:
-		stale, err = s.lookupScripted(ctx, ids, out)
+		if len(stale) > 0 {
+			if err := s.unindex(ctx, s.rdb.Pipeline(), stale); err != nil {
+				s.log.Debug("cache: could not remove stale index entries", "count", len(stale), "err", err)
+			}
+		}
+		return out, nil
 	}
+	repair, err := s.lookupDirect(ctx, ids, out)
 	if err != nil {
 		return nil, fmt.Errorf("cache: lookup: %w", err)
 	}
-	if len(sweeps) > 0 {
-		more, err := s.sweepIndex(ctx, sweeps)
-		if err != nil {
-			s.log.Debug("cache: could not read index sets to remove stale entries", "count", len(sweeps), "err", err)
-		}
-		stale = append(stale, more...)
-	}
-	if len(stale) > 0 {
-		if err := s.unindex(ctx, s.rdb.Pipeline(), stale); err != nil {
-			s.log.Debug("cache: could not remove stale index entries", "count", len(stale), "err", err)
+	if len(repair) > 0 {
+		if err := s.repairIndex(ctx, repair); err != nil {
+			s.log.Debug("cache: could not repair index entries", "count", len(repair), "err", err)
 		}
 	}
 	return out, nil
@@ -108,141 +88,14 @@ func (s *Store) lookupKey(id guard.Identifier) (key string, ok bool) {
 	return "", false
 }
 
-func (s *Store) lookupScripted(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
-	type chunk struct {
-		pos  []int // index into ids of each key
-		keys []string
-	}
-	chunks := make([]chunk, 0, (len(ids)+lookupChunk-1)/lookupChunk)
-	var c *chunk
-	for i, id := range ids {
-		key, ok := s.lookupKey(id)
-		if !ok {
-			continue
-		}
-		if c == nil || len(c.keys) == lookupChunk {
-			n := min(lookupChunk, len(ids)-i)
-			chunks = append(chunks, chunk{pos: make([]int, 0, n), keys: make([]string, 0, n)})
-			c = &chunks[len(chunks)-1]
-		}
-		c.pos = append(c.pos, i)
-		c.keys = append(c.keys, key)
-	}
-	if len(chunks) == 0 {
-		return nil, nil
-	}
-	// EVALSHA_RO / EVAL_RO, or EVALSHA / EVAL where those are refused
-	// (Redis < 7.0): the script only reads either way.
-	ro := !s.roOff.Load()
-	evalSha := func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd {
-		if ro {
-			return lookupScript.EvalShaRO(ctx, c, keys, args...)
-		}
-		return lookupScript.EvalSha(ctx, c, keys, args...)
-	}
-	eval := func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd {
-		if ro {
-			return lookupScript.EvalRO(ctx, c, keys, args...)
-		}
-		return lookupScript.Eval(ctx, c, keys, args...)
-	}
-	cmds := make([]*redis.Cmd, len(chunks))
-	if len(chunks) == 1 {
-		cmds[0] = evalSha(ctx, s.rdb, chunks[0].keys, s.prefix)
-		if isNoScript(cmds[0].Err()) {
-			cmds[0] = eval(ctx, s.rdb, chunks[0].keys, s.prefix)
-		}
-	} else {
-		pipe := s.rdb.Pipeline()
-		for i := range chunks {
-			cmds[i] = evalSha(ctx, pipe, chunks[i].keys, s.prefix)
-		}
-		_, _ = pipe.Exec(ctx)
-		var retry redis.Pipeliner
-		for i, cmd := range cmds {
-			if isNoScript(cmd.Err()) {
-				if retry == nil {
-					retry = s.rdb.Pipeline()
-				}
-				cmds[i] = eval(ctx, retry, chunks[i].keys, s.prefix)
-			}
-		}
-		if retry != nil {
-			_, _ = retry.Exec(ctx)
-		}
-	}
-	if err := cmds[0].Err(); ro && commandRefused(err) {
-		s.roOff.Store(true)
-		s.log.Info("cache: EVALSHA_RO is not available on this Redis; the lookup script runs with EVALSHA", "reason", err.Error())
-		return s.lookupScripted(ctx, ids, out)
-	}
-	var stale []pair
-	for i, cmd := range cmds {
-		reply, err := cmd.Result()
-		if err != nil {
-			return nil, err
-		}
-		var lines, st []any
-		switch r := reply.(type) {
-		case string: // one key, no stale entries
-			lines = []any{r}
-		case []any:
-			if len(r) != 2 {
-				return nil, fmt.Errorf("unexpected lookup reply of %d elements", len(r))
-			}
-			lines, _ = r[0].([]any)
-			st, _ = r[1].([]any)
-		default:
-			return nil, fmt.Errorf("unexpected lookup reply %T", reply)
-		}
-		if len(lines) != len(chunks[i].pos) {
-			return nil, fmt.Errorf("lookup reply has %d items for %d keys", len(lines), len(chunks[i].pos))
-		}
-		for j, p := range chunks[i].pos {
-			line, _ := lines[j].(string)
-			if line == "" {
-				continue
-			}
-			recs, err := decodeLines(line)
-			if err != nil {
-				return nil, err
-			}
-			out[p] = recs
-		}
-		for j := 0; j+1 < len(st); j += 2 {
-			stale = append(stale, pair{hash: str(st[j]), id: str(st[j+1])})
-		}
-	}
-	return stale, nil
-}
-
-func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
-
 // lineFields is the number of NUL-separated fields per record in a lookup
 // line: identifier hashes, Id, version, object, four consent words,
 // updated.
 const lineFields = 9
 
-// decodeLines parses one or more lookup lines joined by NUL. The records'
-// strings share the line's memory.
-func decodeLines(line string) ([]guard.Record, error) {
-	n := strings.Count(line, "\x00") + 1
-	if n%lineFields != 0 {
-		return nil, fmt.Errorf("malformed lookup line (%d fields)", n)
-	}
-	recs := make([]guard.Record, n/lineFields)
-	for r := range recs {
-		var err error
-		if line, _, err = cutLine(line, &recs[r]); err != nil {
-			return nil, err
-		}
-	}
-	return recs, nil
-}
-
 // lookupCluster answers in two pipelined round trips without scripts:
-// SMEMBERS (index) and HGET of the lookup line (record Ids) first, then
-// HGET of the lookup line of every record the index named, verified here.
+// HKEYS (index) and HGET of the lookup line (record Ids) first, then HGET
+// of the lookup line of every record the index named, verified here.
 func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [][]guard.Record) ([]pair, error) {
 	hashes := make([]string, len(ids))
 	sets := make([]*redis.StringSliceCmd, len(ids))
@@ -255,7 +108,7 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		}
 		if id.Kind != guard.KindRecordID {
 			hashes[i] = key[len(s.prefix)+2:]
-			sets[i] = pipe.SMembers(ctx, key)
+			sets[i] = pipe.HKeys(ctx, key)
 		} else {
 			direct[i] = pipe.HGet(ctx, key, "l")
 		}

@@ -19,23 +19,39 @@ import "github.com/redis/go-redis/v9"
 //
 // Outcome codes returned by casScript equal guard.Outcome values; 0 means
 // "erase of a record that does not exist".
+//
+// Identifier index (prefix+"i:"+hash): a hash from record Id to that
+// record's lookup line. On a standalone or Sentinel-managed Redis the write
+// script keeps it, in the same atomic run as the record: for every hash the
+// record carries, field Id holds exactly the record's l; no other field
+// names the record. A lookup is then one HVALS of one key. On Cluster the
+// index keys lie in other slots than the record, so the caller keeps the
+// index after the script (fields with empty values, see maintainIndex) and
+// lookups verify each entry against the record.
 
 // casScript applies one update to one record: the compare-and-set of the
-// ingest rules. It touches only KEYS[1] (record) and KEYS[2] (history),
-// which share a hash tag, so it runs on Cluster too.
+// ingest rules. Its declared keys are KEYS[1] (record) and KEYS[2]
+// (history), which share a hash tag, so it runs on Cluster too.
 //
 // ARGV: 1 mode ("u" upsert, "d" delete, "e" admin erase), 2 version ms
 // ("0" = unversioned), 3 now ms, 4 object, 5-8 consent words, 9 their ranks
 // (four digits), 10 identifier hashes (sorted, space-separated), 11 history
-// limit, 12 source, 13 ref, 14 record Id.
+// limit, 12 source, 13 ref, 14 record Id, 15 the index key prefix
+// (prefix+"i:") when the script keeps the index, "" when the caller does
+// (Cluster). Index keys are not in KEYS: standalone Redis and Sentinel allow
+// that, Cluster does not, hence ARGV[15].
 //
 // Returns {outcome, hashes the record now carries, hashes it no longer
-// carries}; the caller maintains the index from the last two.
+// carries}; on Cluster the caller maintains the index from the last two.
+// Where the script keeps the index, an outcome that leaves the record as it
+// is (Stale, Unchanged) rewrites the record's entries from its line, which
+// repairs an entry lost some other way when Salesforce delivers again.
 var casScript = redis.NewScript(`
 local rk, hk = KEYS[1], KEYS[2]
 local mode, vs, now = ARGV[1], ARGV[2], ARGV[3]
 local ver = tonumber(vs)
-local cur = redis.call('HMGET', rk, 'v', 'd', 'k', 'i', 'o', 'c0', 'c1', 'c2', 'c3')
+local rid, ip = ARGV[14], ARGV[15]
+local cur = redis.call('HMGET', rk, 'v', 'd', 'k', 'i', 'o', 'c0', 'c1', 'c2', 'c3', 'l')
 local exists = cur[1] ~= false
 local svs = cur[1] or '0'
 local sv = tonumber(svs)
@@ -48,6 +64,20 @@ local sw = {cur[6] or '', cur[7] or '', cur[8] or '', cur[9] or ''}
 local inw = {ARGV[5], ARGV[6], ARGV[7], ARGV[8]}
 local ink = ARGV[9]
 local ini = ARGV[10]
+
+-- index: the record's entries under the hashes in add (space-separated)
+-- get line, those under drop go; only where the script keeps the index.
+local function index(add, line, drop)
+  if ip == '' then return end
+  for h in string.gmatch(add, '%S+') do redis.call('HSET', ip .. h, rid, line) end
+  for h in string.gmatch(drop, '%S+') do redis.call('HDEL', ip .. h, rid) end
+end
+
+-- keep: the record stays as it is; its entries are rewritten from its line.
+local function keep(outcome, carried)
+  if carried ~= '' and cur[10] then index(carried, cur[10], '') end
+  return {outcome, carried, ''}
+end
 
 local function rank(k, c) return tonumber(string.sub(k, c, c)) end
 
@@ -89,16 +119,19 @@ local function tombstone(tvs)
   redis.call('HDEL', rk, 'c0', 'c1', 'c2', 'c3', 'i', 'l')
   redis.call('HSET', rk, 'v', tvs, 'd', '1', 'k', '1111', 'u', now, 'o', obj)
   history(5, tvs, {'', '', '', ''}, true)
+  index('', nil, si)
   return {5, '', si}
 end
 
 local function write(v, words, k, ids, outcome)
-  local line = table.concat({ids, ARGV[14], v, obj, words[1], words[2], words[3], words[4], now}, '\0')
+  local line = table.concat({ids, rid, v, obj, words[1], words[2], words[3], words[4], now}, '\0')
   redis.call('HSET', rk, 'v', v, 'o', obj, 'c0', words[1], 'c1', words[2],
     'c2', words[3], 'c3', words[4], 'k', k, 'i', ids, 'u', now, 'l', line)
   redis.call('HDEL', rk, 'd')
   history(outcome, v, words, false)
-  return {outcome, ids, minus(si, ids)}
+  local drop = minus(si, ids)
+  index(ids, line, drop)
+  return {outcome, ids, drop}
 end
 
 if mode == 'e' then
@@ -115,7 +148,7 @@ if mode == 'd' then
   end
   local tv = tonumber(tvs)
   if exists and tomb and tv <= sv then return {6, '', ''} end
-  if exists and tv < sv then return {6, si, ''} end
+  if exists and tv < sv then return keep(6, si) end
   return tombstone(tvs)
 end
 
@@ -134,7 +167,7 @@ if not exists or tomb then
   return write(vs, inw, ink, ini, 1)
 end
 if ver ~= 0 and ver > sv then return write(vs, inw, ink, ini, 2) end
-if ver ~= 0 and ver < sv then return {6, si, ''} end
+if ver ~= 0 and ver < sv then return keep(6, si) end
 
 -- equal version (merge) or unversioned (restrict): per channel the lesser
 -- rank wins; ties and unversioned updates never raise a channel.
@@ -153,73 +186,42 @@ if ver ~= 0 then
   outcome = 3
   if ids ~= si then changed = true end
 end
-if not changed then return {7, si, ''} end
+if not changed then return keep(7, si) end
 return write(svs, w, table.concat(k), ids, outcome)
 `)
 
-// lookupScript answers a batch of lookups in one round trip on a
-// non-cluster Redis. It only reads.
-//
-// KEYS[j] is an index key (prefix+"i:"+hash) or a record key
-// (prefix+"{Id}:r"); ARGV[1] is the key prefix. For an index key it reads the
-// lookup line of every record the set names and keeps the records that are
-// live (have a line) and still carry the hash (the line's first field lists
-// it): the index is only a hint. The record keys it reads are not in KEYS,
-// which standalone Redis and Sentinel allow and Cluster does not:
-// Store.Lookup uses two pipelined round trips there instead.
-//
-// Returns {lines, stale}: lines[j] holds the lookup lines of the records
-// found for item j joined by NUL ("" for none); stale lists (hash, id) pairs
-// whose index entry named a record not carrying the hash. A single key with
-// no stale entry, the common check, returns just its lines as one string:
-// every table a script builds and returns costs server time, and single
-// checks are the hot path.
-var lookupScript = redis.NewScript(`
-local p = ARGV[1]
-local pl = #p
-local stale
--- the line's first field (64-hex hashes joined by spaces) holds h
-local function carries(line, h)
-  local e = string.find(line, '\0', 1, true)
-  if not e or #h ~= 64 then return false end
-  local i = 1
-  while true do
-    i = string.find(line, h, i, true)
-    if not i or i > e then return false end
-    if (i - 1) % 65 == 0 then return true end
-    i = i + 1
-  end
-end
-local function find(k)
-  if string.byte(k, pl + 1) == 123 then
-    return redis.call('HGET', k, 'l') or ''
-  end
-  local ids = redis.call('SMEMBERS', k)
-  local n = #ids
-  if n == 0 then return '' end
-  local h = string.sub(k, pl + 3)
-  if n > 1 then table.sort(ids) end
-  local line
-  for m = 1, n do
-    local l = redis.call('HGET', p .. '{' .. ids[m] .. '}:r', 'l')
-    if l and carries(l, h) then
-      if line then line = line .. '\0' .. l else line = l end
-    else
-      stale = stale or {}
-      stale[#stale + 1] = h
-      stale[#stale + 1] = ids[m]
+// repairScript rebuilds one identifier's index hash (KEYS[1]) from the
+// records it names, on a non-cluster Redis: each entry whose record is live
+// and carries the hash (ARGV[2]) gets the record's current lookup line,
+// every other entry is removed. ARGV[1] is the key prefix. A lookup runs it
+// when an entry did not hold a line carrying the hash, which the write
+// script never leaves behind: only a hand-edited or Cluster-written index
+// (whose values are empty) does. Returns the number of entries changed.
+var repairScript = redis.NewScript(`
+local rp, h = ARGV[1] .. '{', ARGV[2]
+local kv = redis.call('HGETALL', KEYS[1])
+local n = 0
+for j = 1, #kv, 2 do
+  local id, old = kv[j], kv[j + 1]
+  local l = redis.call('HGET', rp .. id .. '}:r', 'l')
+  local e = l and string.find(l, '\0', 1, true)
+  local carried = false
+  if e and #h == 64 then
+    local i = 1
+    while true do
+      i = string.find(l, h, i, true)
+      if not i or i > e then break end
+      if (i - 1) % 65 == 0 then carried = true; break end
+      i = i + 1
     end
   end
-  return line or ''
+  if carried then
+    if l ~= old then redis.call('HSET', KEYS[1], id, l); n = n + 1 end
+  else
+    redis.call('HDEL', KEYS[1], id); n = n + 1
+  end
 end
-if #KEYS == 1 then
-  local line = find(KEYS[1])
-  if not stale then return line end
-  return {{line}, stale}
-end
-local out = {}
-for j = 1, #KEYS do out[j] = find(KEYS[j]) end
-return {out, stale or {}}
+return n
 `)
 
 // initScript records the hash key's fingerprint (ARGV[1]) and the data

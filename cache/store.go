@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -58,15 +57,6 @@ type Store struct {
 	key     []byte
 	err     error // configuration error: every call fails closed with it
 	macs    sync.Pool
-
-	// SORT_RO GET pattern (prefix+"{*}:r->l"), boxed once; nil when the
-	// prefix cannot go into a pattern. sortOff is set for good once Redis
-	// refuses SORT_RO (see sortlookup.go).
-	sortPatL any
-	sortOff  atomic.Bool
-	// roOff: EVALSHA_RO is refused (Redis < 7.0); the lookup script runs
-	// with EVALSHA.
-	roOff atomic.Bool
 }
 
 var _ guard.Store = (*Store)(nil)
@@ -80,9 +70,9 @@ var ErrConfig = errors.New("cache: invalid configuration")
 var ErrSchema = errors.New("cache: data schema mismatch")
 
 // schema is the data layout this version writes, recorded in prefix+"meta".
-// 2: the lookup line l starts with the identifier hashes (lookups read
-// only l). 1: l without them, read together with i.
-const schema = "2"
+// 3: index keys are hashes from record Id to the record's lookup line.
+// 2: index keys are sets of record Ids. 1: l without the identifier hashes.
+const schema = "3"
 
 // New returns a Store on rdb. It does not talk to Redis; call Init before
 // serving. A configuration problem (e.g. a short HashKey) is reported by Init
@@ -123,9 +113,6 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		s.err = fmt.Errorf("%w: key prefix %q must not contain '{' or '}'", ErrConfig, s.prefix)
 	}
 	s.macs.New = func() any { return &mac{h: hmac.New(sha256.New, s.key), buf: make([]byte, 0, 128)} }
-	if sortUsable(s.prefix) {
-		s.sortPatL = s.prefix + "{*}:r->l"
-	}
 	return s
 }
 
@@ -138,8 +125,7 @@ const fingerprintLabel = "consentguard-fingerprint"
 // guard.ErrHashKeyMismatch when the stored fingerprint belongs to another
 // key, or wrapping ErrSchema when the data was written in another layout
 // (older versions' data is not migrated: rebuild it with a full sync into
-// an empty Redis or prefix). It also loads the Lua scripts and learns
-// whether Redis allows the SORT_RO read path (see Lookup).
+// an empty Redis or prefix). It also loads the Lua scripts.
 func (s *Store) Init(ctx context.Context) error {
 	if s.err != nil {
 		return s.err
@@ -162,13 +148,10 @@ func (s *Store) Init(ctx context.Context) error {
 	if v[1] != schema {
 		return fmt.Errorf("%w: %s was written with data schema %q, this version reads and writes schema %s and does not migrate; load the data again (consentguard sync) into an empty Redis or another key prefix", ErrSchema, meta, v[1], schema)
 	}
-	for _, sc := range []*redis.Script{casScript, lookupScript} {
+	for _, sc := range []*redis.Script{casScript, repairScript} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("cache: load script: %w", err)
 		}
-	}
-	if err := s.probeSort(ctx); err != nil {
-		return fmt.Errorf("cache: init: %w", err)
 	}
 	return nil
 }
