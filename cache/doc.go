@@ -6,10 +6,13 @@
 // Id), so one Lua compare-and-set script can apply an update atomically on
 // any deployment: single server, Sentinel or Cluster (see NewClient for the
 // URL forms). Identifiers are kept only as HMAC-SHA256(HashKey, id.Key()):
-// the index maps each hash to record Ids, the record lists the hashes it
-// carries, and every lookup verifies the record still carries the hash, so
-// an index entry is only ever a hint and a crash between the record write
-// and the index write cannot grant consent.
+// the index maps each hash to the Ids of the records carrying it and,
+// outside Cluster, to each record's lookup line, which the write script
+// keeps in the same atomic run as the record, so a lookup is one command on
+// one key and no crash can leave an entry the record does not back. On
+// Cluster the index lies in other slots and is written after the script;
+// there every lookup verifies the entry against the record, so a crash
+// between the two writes cannot grant consent.
 //
 // README.md in this directory documents the key layout, the Lua rules and
 // durability settings.

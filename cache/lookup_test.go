@@ -14,7 +14,7 @@ import (
 	"github.com/consentguard/consentguard/guard"
 )
 
-// commandCalls returns the calls of cmd (lower case, e.g. "sort_ro") since
+// commandCalls returns the calls of cmd (lower case, e.g. "hvals") since
 // the last CONFIG RESETSTAT, from INFO commandstats.
 func commandCalls(tb testing.TB, rdb redis.UniversalClient, cmd string) int {
 	tb.Helper()
