@@ -50,6 +50,7 @@ type Guard struct {
 	region  string
 	timeout time.Duration
 	batch   time.Duration
+	shared  *sharedDeadlines // single checks' store deadline (deadline.go)
 	now     func() time.Time
 	log     *slog.Logger
 	observe func(Decision)
@@ -80,6 +81,7 @@ func New(store Store, opts Options) *Guard {
 		g.batch = DefaultBatchTimeout
 	}
 	g.batch = max(g.batch, g.timeout)
+	g.shared = newSharedDeadlines(g.timeout)
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -143,9 +145,10 @@ func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision,
 // into ErrUnavailable.
 //
 // A caller whose own deadline falls within the guard's timeout already
-// bounds the store at least as tightly; its context is passed on as it is,
-// which saves a timer and a context per check. Otherwise the lookup runs
-// under a new context with the guard's timeout.
+// bounds the store at least as tightly; its context is passed on as it is.
+// Otherwise a single check's lookup runs under the shared deadline of the
+// checks starting around the same time (deadline.go), a batch's under a new
+// context with the batch timeout.
 func (g *Guard) lookup(ctx context.Context, ch Channel, ids []Identifier) ([][]Record, error) {
 	var recs [][]Record
 	var err error
@@ -153,9 +156,15 @@ func (g *Guard) lookup(ctx context.Context, ch Channel, ids []Identifier) ([][]R
 	if len(ids) > 1 {
 		limit = g.batch
 	}
-	if dl, ok := ctx.Deadline(); ok && !dl.After(time.Now().Add(limit)) {
+	now := time.Now()
+	switch dl, ok := ctx.Deadline(); {
+	case ok && !dl.After(now.Add(limit)):
 		recs, err = g.store.Lookup(ctx, ids)
-	} else {
+	case len(ids) == 1:
+		if err = ctx.Err(); err == nil {
+			recs, err = g.store.Lookup(g.shared.bound(ctx, now), ids)
+		}
+	default:
 		lctx, cancel := context.WithTimeout(ctx, limit)
 		recs, err = g.store.Lookup(lctx, ids)
 		cancel()

@@ -336,3 +336,44 @@ func TestBatchTimeout(t *testing.T) {
 		t.Fatalf("batch past BatchTimeout: %v", err)
 	}
 }
+
+// ctxStore records the context of its last lookup.
+type ctxStore struct{ got context.Context }
+
+func (s *ctxStore) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.Record, error) {
+	s.got = ctx
+	return make([][]guard.Record, len(ids)), nil
+}
+
+type valueKey struct{}
+
+// A single check's lookup carries the caller's values and a deadline of at
+// most the guard's timeout plus a tenth; a caller already done is refused
+// without asking the store.
+func TestCheckLookupContext(t *testing.T) {
+	id := mustEmail(t, "a@b.de")
+	st := &ctxStore{}
+	g := guard.New(st, guard.Options{Timeout: time.Second})
+	ctx := context.WithValue(context.Background(), valueKey{}, "trace")
+	start := time.Now()
+	if _, err := g.Check(ctx, guard.Email, id); err != nil {
+		t.Fatal(err)
+	}
+	if st.got.Value(valueKey{}) != "trace" {
+		t.Fatal("caller's value not passed to the store")
+	}
+	dl, ok := st.got.Deadline()
+	if !ok || dl.Before(start.Add(time.Second)) || dl.After(time.Now().Add(1100*time.Millisecond)) {
+		t.Fatalf("lookup deadline %v after start, want within [1s, 1.1s]", dl.Sub(start))
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	st.got = nil
+	d, err := g.Check(done, guard.Email, id)
+	if !errors.Is(err, guard.ErrUnavailable) || !errors.Is(err, context.Canceled) || d.Allowed || d.Reason != guard.ReasonStoreUnavailable {
+		t.Fatalf("check with a cancelled caller: %+v, %v", d, err)
+	}
+	if st.got != nil {
+		t.Fatal("store asked for a caller that was already done")
+	}
+}
