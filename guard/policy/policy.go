@@ -361,11 +361,14 @@ func action(shadow bool, rcpt string, d guard.Decision, err error) string {
 	return act
 }
 
+// angles drops angle brackets from an address put between them.
+var angles = strings.NewReplacer("<", "", ">", "")
+
 // bracket renders the recipient for a reply: "<addr>", with anything that
 // could break the action line removed. The reply goes to the client that
 // sent the address, so it is not masked.
 func bracket(addr string) string {
-	return "<" + strings.NewReplacer("<", "", ">", "").Replace(printable(addr, 320)) + ">"
+	return "<" + angles.Replace(printable(addr, 320)) + ">"
 }
 
 // printable keeps printable characters and cuts s to at most n bytes.

@@ -91,11 +91,15 @@ func upstreamReply(r reply) *smtp.SMTPError {
 	return e
 }
 
+// angles drops angle brackets and newlines from an address put between
+// brackets in a reply.
+var angles = strings.NewReplacer("<", "", ">", "", "\n", "")
+
 // bracket renders an address for a reply: "<addr>", with anything that
 // could break the reply removed. The address is the client's own, so it is
 // not masked.
 func bracket(addr string) string {
-	return "<" + strings.NewReplacer("<", "", ">", "", "\n", "").Replace(printable(addr, 320)) + ">"
+	return "<" + angles.Replace(printable(addr, 320)) + ">"
 }
 
 // printable keeps printable characters (and the newlines that separate the
