@@ -6,7 +6,10 @@
 // grant_type=client_credentials; RFC 6749 section 4.4 as Salesforce
 // documents it) and the REST API Query and QueryAll resources
 // (GET /services/data/vXX.X/query?q=SOQL, /queryAll for deleted rows,
-// following nextRecordsUrl until done). Every record goes through the same
+// following nextRecordsUrl until done). Requests that Salesforce answers
+// with a transient failure (429, 502, 503, 504, 403 REQUEST_LIMIT_EXCEEDED,
+// 500 to a GET, a dropped connection) are repeated with backoff; see
+// Config.MaxAttempts. Every record goes through the same
 // webhook.Mapping as the outbound messages and JSON events, and every page is
 // written through the store's compare-and-set Apply, so a sync can never
 // undo a newer change that arrived by webhook, and running it again is safe.
@@ -19,12 +22,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/consentguard/consentguard/webhook"
@@ -35,6 +41,17 @@ const (
 	DefaultAPIVersion = "62.0"
 	DefaultTimeout    = 2 * time.Minute // one HTTP request, body included
 	DefaultMaxBody    = 64 << 20        // bytes of one response
+	// DefaultMaxAttempts is how often one request is tried, the first
+	// attempt included, when Salesforce fails transiently.
+	DefaultMaxAttempts = 5
+)
+
+// Backoff between attempts: full jitter, a random wait between zero and
+// retryBase·2^(n-1) after the nth attempt, never more than maxRetryWait; a
+// Retry-After header replaces the random wait and is cut to maxRetryWait.
+const (
+	retryBase    = 500 * time.Millisecond
+	maxRetryWait = 30 * time.Second
 )
 
 // Config reaches one Salesforce org.
@@ -50,20 +67,35 @@ type Config struct {
 	// and follows no redirects (the bearer token stays with the instance).
 	HTTPClient *http.Client
 	MaxBody    int64 // default DefaultMaxBody
-	Logger     *slog.Logger
+	// MaxAttempts bounds how often one request (the token request, a
+	// query, one queryMore page) is tried when Salesforce fails
+	// transiently, the first attempt included. Zero or less means
+	// DefaultMaxAttempts; 1 turns retries off. The re-authentication after a
+	// 401 does not count as an attempt.
+	MaxAttempts int
+	// Logger gets a warning for each retry (operation, attempt, status and
+	// errorCode or network error, wait) and never a token, secret or row.
+	Logger *slog.Logger
 }
 
 // Client talks to one org's REST API. It authenticates lazily, keeps the
-// access token in memory only, and re-authenticates once when Salesforce
-// answers 401 (INVALID_SESSION_ID). It is safe for concurrent use.
+// access token in memory only, re-authenticates once when Salesforce
+// answers 401 (INVALID_SESSION_ID), and repeats requests that failed
+// transiently. It is safe for concurrent use.
 type Client struct {
-	login   *url.URL
-	id      string
-	secret  string
-	version string
-	hc      *http.Client
-	maxBody int64
-	log     *slog.Logger
+	login       *url.URL
+	id          string
+	secret      string
+	version     string
+	hc          *http.Client
+	maxBody     int64
+	maxAttempts int
+	log         *slog.Logger
+
+	// sleep waits d or until ctx is done; jitter picks a wait in [0, d].
+	// Tests replace both.
+	sleep  func(ctx context.Context, d time.Duration) error
+	jitter func(d time.Duration) time.Duration
 
 	mu       sync.Mutex
 	token    string
@@ -99,10 +131,16 @@ func (e *APIError) Error() string {
 	return s
 }
 
-// Is reports token-endpoint refusals as ErrAuth.
+// Is reports token-endpoint refusals as ErrAuth; a rate limit (429,
+// REQUEST_LIMIT_EXCEEDED) is not a refusal of the credentials.
 func (e *APIError) Is(target error) bool {
-	return target == ErrAuth && e.Op == "token" && e.Status >= 400 && e.Status < 500
+	return target == ErrAuth && e.Op == "token" && e.Status >= 400 && e.Status < 500 &&
+		e.Status != http.StatusTooManyRequests && e.Code != codeLimitExceeded
 }
+
+// codeLimitExceeded is Salesforce's errorCode for an exceeded API request
+// limit (HTTP 403), total or concurrent.
+const codeLimitExceeded = "REQUEST_LIMIT_EXCEEDED"
 
 var apiVersionRE = regexp.MustCompile(`^[0-9]{2,3}\.[0-9]$`)
 
@@ -130,7 +168,12 @@ func New(cfg Config) (*Client, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Client{login: login, id: cfg.ClientID, secret: cfg.ClientSecret, version: ver, hc: cfg.HTTPClient, maxBody: cfg.MaxBody, log: cfg.Logger}
+	c := &Client{
+		login: login, id: cfg.ClientID, secret: cfg.ClientSecret, version: ver,
+		hc: cfg.HTTPClient, maxBody: cfg.MaxBody, maxAttempts: cfg.MaxAttempts, log: cfg.Logger,
+		sleep:  sleep,
+		jitter: func(d time.Duration) time.Duration { return rand.N(d + 1) },
+	}
 	if c.hc == nil {
 		c.hc = &http.Client{
 			Timeout: DefaultTimeout,
@@ -141,6 +184,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.maxBody <= 0 {
 		c.maxBody = DefaultMaxBody
+	}
+	if c.maxAttempts <= 0 {
+		c.maxAttempts = DefaultMaxAttempts
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -186,34 +232,39 @@ type tokenResponse struct {
 	ErrorDescription string `json:"error_description"`
 }
 
-// authenticate runs the client credentials flow and keeps the token.
+// authenticate runs the client credentials flow and keeps the token. The
+// POST is repeated on transient failures except a 500 (see retryable):
+// repeating a grant at most issues another short-lived token.
 func (c *Client) authenticate(ctx context.Context) (string, *url.URL, error) {
 	form := url.Values{
 		"grant_type":    {"client_credentials"},
 		"client_id":     {c.id},
 		"client_secret": {c.secret},
-	}
+	}.Encode()
 	endpoint := c.login.JoinPath("/services/oauth2/token").String()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return "", nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	body, status, err := c.send(req)
-	if err != nil {
-		return "", nil, fmt.Errorf("salesforce token: %w", err)
+	var a answer
+	for n := 1; ; n++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form))
+		if err != nil {
+			return "", nil, err
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Accept", "application/json")
+		a, err = c.send(req)
+		if err == nil && a.status == http.StatusOK {
+			break
+		}
+		if err != nil {
+			err = fmt.Errorf("salesforce token: %w", err)
+		} else {
+			err = tokenError(a.status, a.body)
+		}
+		if err := c.again(ctx, "token", n, false, a, err); err != nil {
+			return "", nil, err
+		}
 	}
 	var tr tokenResponse
-	jerr := json.Unmarshal(body, &tr)
-	if status != http.StatusOK {
-		e := &APIError{Op: "token", Status: status}
-		if jerr == nil {
-			e.Code, e.Message = webhook.Printable(tr.Error, 60), webhook.Printable(tr.ErrorDescription, 300)
-		}
-		return "", nil, e
-	}
-	if jerr != nil || tr.AccessToken == "" {
+	if jerr := json.Unmarshal(a.body, &tr); jerr != nil || tr.AccessToken == "" {
 		return "", nil, fmt.Errorf("salesforce token: %w: no access_token in the answer", ErrResponse)
 	}
 	if tt := tr.TokenType; tt != "" && !strings.EqualFold(tt, "Bearer") {
@@ -237,6 +288,16 @@ func (c *Client) authenticate(ctx context.Context) (string, *url.URL, error) {
 	return tr.AccessToken, inst, nil
 }
 
+// tokenError reads the token endpoint's {"error","error_description"}.
+func tokenError(status int, body []byte) *APIError {
+	e := &APIError{Op: "token", Status: status}
+	var tr tokenResponse
+	if json.Unmarshal(body, &tr) == nil {
+		e.Code, e.Message = webhook.Printable(tr.Error, 60), webhook.Printable(tr.ErrorDescription, 300)
+	}
+	return e
+}
+
 // session returns the current token, authenticating when there is none.
 func (c *Client) session(ctx context.Context) (string, *url.URL, error) {
 	c.mu.Lock()
@@ -257,29 +318,41 @@ func (c *Client) drop(tok string) {
 	c.mu.Unlock()
 }
 
+// answer is what one request got back.
+type answer struct {
+	status     int
+	body       []byte
+	retryAfter string // the Retry-After header
+}
+
 // send does one request and reads at most maxBody bytes of the answer.
-func (c *Client) send(req *http.Request) ([]byte, int, error) {
+func (c *Client) send(req *http.Request) (answer, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		// *url.Error names the URL; ours carry no credentials (the query
 		// holds SOQL only), but keep the message short.
-		return nil, 0, err
+		return answer{}, err
 	}
 	defer resp.Body.Close()
+	a := answer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody+1))
 	if err != nil {
-		return nil, resp.StatusCode, fmt.Errorf("read answer: %w", err)
+		return a, fmt.Errorf("read answer: %w", err)
 	}
 	if int64(len(body)) > c.maxBody {
-		return nil, resp.StatusCode, fmt.Errorf("%w: answer larger than %d bytes", ErrResponse, c.maxBody)
+		return a, fmt.Errorf("%w: answer larger than %d bytes", ErrResponse, c.maxBody)
 	}
-	return body, resp.StatusCode, nil
+	a.body = body
+	return a, nil
 }
 
 // get fetches path (below the instance URL) with the bearer token,
-// re-authenticating once on 401.
+// re-authenticating once on 401 and repeating transient failures. The
+// re-authentication is not counted as an attempt, and the token request
+// keeps its own attempts.
 func (c *Client) get(ctx context.Context, op, pathAndQuery string) ([]byte, error) {
-	for attempt := 0; ; attempt++ {
+	reauthed := false
+	for n := 1; ; {
 		tok, inst, err := c.session(ctx)
 		if err != nil {
 			return nil, err
@@ -294,20 +367,149 @@ func (c *Client) get(ctx context.Context, op, pathAndQuery string) ([]byte, erro
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 		req.Header.Set("Accept", "application/json")
-		body, status, err := c.send(req)
+		a, err := c.send(req)
+		if err == nil && a.status == http.StatusOK {
+			return a.body, nil
+		}
 		if err != nil {
-			return nil, fmt.Errorf("salesforce %s: %w", op, err)
+			err = fmt.Errorf("salesforce %s: %w", op, err)
+		} else {
+			e := apiError(op, a.status, a.body)
+			if a.status == http.StatusUnauthorized && !reauthed {
+				reauthed = true
+				c.log.Info("salesforce: session expired, authenticating again", "code", e.Code)
+				c.drop(tok)
+				continue
+			}
+			err = e
 		}
-		if status == http.StatusOK {
-			return body, nil
+		if err := c.again(ctx, op, n, true, a, err); err != nil {
+			return nil, err
 		}
-		e := apiError(op, status, body)
-		if status == http.StatusUnauthorized && attempt == 0 {
-			c.log.Info("salesforce: session expired, authenticating again", "code", e.Code)
-			c.drop(tok)
-			continue
+		n++
+	}
+}
+
+// again decides after the nth attempt of op failed with err whether to try
+// once more. If so, it logs, waits and returns nil; otherwise it returns
+// the error to give up with: err itself, noting the number of attempts
+// when there was more than one, or, when ctx ends during the wait, err
+// joined with ctx's error (errors.Is and errors.As find both).
+func (c *Client) again(ctx context.Context, op string, n int, idempotent bool, a answer, err error) error {
+	if !retryable(ctx, idempotent, err) || n >= c.maxAttempts {
+		if n > 1 {
+			return fmt.Errorf("%w (after %d attempts)", err, n)
 		}
-		return nil, e
+		return err
+	}
+	d := c.backoff(n, a.retryAfter)
+	args := []any{"op", op, "attempt", n, "max_attempts", c.maxAttempts, "wait", d}
+	if e, ok := errors.AsType[*APIError](err); ok {
+		args = append(args, "status", e.Status, "code", e.Code)
+	} else {
+		// Without the *url.Error around it: no URL, no SOQL in the log.
+		cause := err
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			cause = ue.Err
+		}
+		args = append(args, "error", cause.Error())
+	}
+	c.log.Warn("salesforce: transient failure, trying again", args...)
+	if werr := c.sleep(ctx, d); werr != nil {
+		return fmt.Errorf("%w; stopped waiting to try again after %d of %d attempts: %w", err, n, c.maxAttempts, werr)
+	}
+	return nil
+}
+
+// retryable reports whether a failed request may be repeated:
+//   - 429, 502, 503 and 504, and 403 REQUEST_LIMIT_EXCEEDED (Salesforce's
+//     API limit answer, total or concurrent requests);
+//   - 500 only when the request is idempotent (our GETs are read-only; the
+//     token POST is not repeated after the server failed processing it);
+//   - network failures that are transient: connection refused, reset or
+//     aborted, a connection closed before the whole answer, a timeout of
+//     the HTTP client or the dialer, a temporary DNS failure.
+//
+// Nothing is repeated once ctx is done: the caller's cancellation and
+// deadline end the request. Other answers (400, 401, 403, 404, …) are
+// final; a 401 on a data request has its own path in get.
+func retryable(ctx context.Context, idempotent bool, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if e, ok := errors.AsType[*APIError](err); ok {
+		switch e.Status {
+		case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		case http.StatusForbidden:
+			return e.Code == codeLimitExceeded
+		case http.StatusInternalServerError:
+			return idempotent
+		}
+		return false
+	}
+	if errors.Is(err, ErrResponse) {
+		return false
+	}
+	for _, t := range []error{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE, io.EOF, io.ErrUnexpectedEOF} {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	if de, ok := errors.AsType[*net.DNSError](err); ok {
+		return de.IsTimeout || de.IsTemporary
+	}
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
+
+// backoff is the wait after the nth failed attempt: the Retry-After
+// header's when it has one, else full jitter up to retryBase·2^(n-1); never
+// more than maxRetryWait.
+func (c *Client) backoff(n int, retryAfter string) time.Duration {
+	if d, ok := parseRetryAfter(retryAfter, time.Now()); ok {
+		return min(d, maxRetryWait)
+	}
+	ceil := maxRetryWait
+	if n <= 16 {
+		ceil = min(retryBase<<(n-1), maxRetryWait)
+	}
+	return c.jitter(ceil)
+}
+
+// parseRetryAfter reads a Retry-After value: delay seconds or an HTTP date
+// (RFC 9110 section 10.2.3). A date in the past means no wait.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > 1<<32 { // out of range: far too long anyway
+			secs = 1 << 32
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(t.Sub(now), 0), true
+}
+
+// sleep waits d, or until ctx is done and then returns its error.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 

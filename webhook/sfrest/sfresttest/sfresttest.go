@@ -2,7 +2,9 @@
 // loopback HTTP, written from the documented formats: the OAuth 2.0 token
 // endpoint (client credentials flow) on a "My Domain" server, and the REST
 // API Query and QueryAll resources with nextRecordsUrl paging on a separate
-// instance server named by the token's instance_url. It understands only
+// instance server named by the token's instance_url. Either can be told to
+// fail a number of requests, with a Retry-After header if wanted, as an org
+// does under load or over its API limit. It understands only
 // the SOQL that package sfrest writes and answers anything else with
 // MALFORMED_QUERY, so that tests notice a changed query.
 package sfresttest
@@ -39,7 +41,9 @@ type Server struct {
 	cursors   map[string][]map[string]any
 	nCursor   int
 	expireIn  int // data requests until sessions expire; 0 = never
-	fail      *failure
+	failData  Failure
+	failToken Failure
+	nFailed   int      // injected failures answered
 	queries   []string // SOQL text per first-page request, resource prefixed
 	versions  []string
 	nToken    int
@@ -51,9 +55,31 @@ type row struct {
 	deleted bool
 }
 
-type failure struct {
-	status    int
-	code, msg string
+// Failure is an error answer the fake org gives instead of the real one.
+type Failure struct {
+	Status  int
+	Code    string // errorCode (data requests) or error (token endpoint)
+	Message string // message or error_description
+	// RetryAfter, when not empty, is sent as the Retry-After header.
+	RetryAfter string
+	// Times is how many requests in a row get this answer.
+	Times int
+}
+
+// take returns the failure to answer with, if any, and counts it down.
+func (f *Failure) take() (Failure, bool) {
+	if f.Times <= 0 {
+		return Failure{}, false
+	}
+	f.Times--
+	return *f, true
+}
+
+func (f Failure) write(w http.ResponseWriter, body any) {
+	if f.RetryAfter != "" {
+		w.Header().Set("Retry-After", f.RetryAfter)
+	}
+	writeJSON(w, f.Status, body)
 }
 
 // Start runs the login and instance servers; they close on cleanup.
@@ -128,9 +154,33 @@ func (s *Server) ExpireSessionsAfter(n int) {
 // FailNext makes the next data request answer status with
 // [{"message":msg,"errorCode":code}].
 func (s *Server) FailNext(status int, code, msg string) {
+	s.FailData(Failure{Status: status, Code: code, Message: msg, Times: 1})
+}
+
+// FailData makes the next f.Times data requests that carry a valid token
+// answer f.Status with [{"message","errorCode"}] (a request with an expired
+// token still gets 401 first). It replaces an earlier FailData.
+func (s *Server) FailData(f Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.fail = &failure{status, code, msg}
+	s.failData = f
+}
+
+// FailToken makes the next f.Times token requests answer f.Status with
+// {"error","error_description"}, before the credentials are looked at. It
+// replaces an earlier FailToken.
+func (s *Server) FailToken(f Failure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failToken = f
+}
+
+// Failed counts the injected failures (FailNext, FailData, FailToken)
+// answered so far.
+func (s *Server) Failed() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nFailed
 }
 
 // Queries returns the SOQL of every query started, as "query: SELECT …" or
@@ -184,6 +234,16 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := r.ParseForm(); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "bad form"})
+		return
+	}
+	s.mu.Lock()
+	f, fail := s.failToken.take()
+	if fail {
+		s.nFailed++
+	}
+	s.mu.Unlock()
+	if fail {
+		f.write(w, map[string]string{"error": f.Code, "error_description": f.Message})
 		return
 	}
 	if r.PostForm.Get("grant_type") != "client_credentials" {
@@ -241,9 +301,9 @@ func (s *Server) serveData(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, []restError{{"Session expired or invalid", "INVALID_SESSION_ID"}})
 		return
 	}
-	if f := s.fail; f != nil {
-		s.fail = nil
-		writeJSON(w, f.status, []restError{{f.msg, f.code}})
+	if f, ok := s.failData.take(); ok {
+		s.nFailed++
+		f.write(w, []restError{{f.Message, f.Code}})
 		return
 	}
 	var rest []map[string]any
