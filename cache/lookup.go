@@ -116,8 +116,13 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	if pipe.Len() == 0 {
 		return nil, nil
 	}
-	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
-		return nil, err
+	_, _ = pipe.Exec(ctx)
+	// Every command's own error: Exec reports only the first, and a
+	// redis.Nil (a record Id with no record) would hide a failure behind it.
+	for i := range ids {
+		if err := cmdErr(sets[i], direct[i]); err != nil {
+			return nil, err
+		}
 	}
 	slab := recordSlab{hint: len(ids)}
 	reads := map[string]*redis.StringCmd{}
@@ -143,8 +148,13 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	if len(reads) == 0 {
 		return nil, nil
 	}
-	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
-		return nil, err
+	_, _ = pipe.Exec(ctx)
+	for _, c := range reads {
+		// A record that could not be read must fail the lookup: skipping it
+		// would leave the others to decide, and count its entry as stale.
+		if err := cmdErr(nil, c); err != nil {
+			return nil, err
+		}
 	}
 	var stale []pair
 	for i := range ids {
@@ -172,6 +182,22 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		}
 	}
 	return stale, nil
+}
+
+// cmdErr is the error of whichever of set and line is not nil, redis.Nil
+// (no such key or field) not counting.
+func cmdErr(set *redis.StringSliceCmd, line *redis.StringCmd) error {
+	var err error
+	switch {
+	case set != nil:
+		err = set.Err()
+	case line != nil:
+		err = line.Err()
+	}
+	if err == redis.Nil {
+		return nil
+	}
+	return err
 }
 
 // recordFields are read by Get.

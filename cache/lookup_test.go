@@ -235,3 +235,63 @@ func TestPrefixACLUser(t *testing.T) {
 		t.Fatalf("batch = %+v, %v", res, err)
 	}
 }
+
+// TestClusterLookupFailsClosedOnUnreadableRecord: on the Cluster path a
+// record that cannot be read (a node down, a timeout; here an ACL refusal)
+// fails the whole lookup, even when an earlier record in the same pipeline
+// answered nil, and its index entry is kept. Deciding on the readable
+// records alone could grant where the unreadable one says Nein.
+func TestClusterLookupFailsClosedOnUnreadableRecord(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	w := cache.New(admin, cache.Options{HashKey: testKey})
+	cache.UseClusterLookup(w)
+	if err := w.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shared := email(t, "shared@firma.de")
+	gone, yes, no := rid(t, 1), rid(t, 2), rid(t, 3)
+	key := "cg:i:" + idHash(testKey, shared)
+	// An entry naming no record (read as nil), first in the index.
+	if err := admin.HSet(ctx, key, gone, "").Err(); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, w,
+		upd(yes, v(1), c4("Ja", "", "", ""), shared),
+		upd(no, v(1), c4("Nein", "", "", ""), shared),
+	)
+	// A user who may read the index and every record but no's.
+	acl := []any{"ACL", "SETUSER", "partial", "on", ">pw", "+@all", "~cg:meta", "~cg:i:*"}
+	for _, id := range []string{gone, yes} {
+		acl = append(acl, "~cg:{"+id+"}:*")
+	}
+	if err := admin.Do(ctx, acl...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "partial", Password: "pw"})
+	t.Cleanup(func() { c.Close() })
+	st := cache.New(c, cache.Options{HashKey: testKey})
+	cache.UseClusterLookup(st)
+	// The records are read in no fixed order: try often enough that the
+	// nil answer comes before the refusal.
+	for range 20 {
+		for _, ids := range [][]guard.Identifier{{shared}, {email(t, "other@firma.de"), shared}} {
+			res, err := st.Lookup(ctx, ids)
+			if err == nil || !redis.HasErrorPrefix(errors.Unwrap(err), "NOPERM") {
+				t.Fatalf("Lookup(%d) with an unreadable record = %+v, %v; want a NOPERM error", len(ids), res, err)
+			}
+		}
+	}
+	if ok, err := admin.HExists(ctx, key, no).Result(); err != nil || !ok {
+		t.Fatalf("entry of the unreadable record removed: %v, %v", ok, err)
+	}
+	// An unreadable index key fails the lookup too, rather than reading
+	// as an unknown contact.
+	if err := admin.Do(ctx, "ACL", "SETUSER", "partial", "resetkeys", "~cg:meta").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Lookup(ctx, []guard.Identifier{shared, {Kind: guard.KindRecordID, Value: gone}}); err == nil {
+		t.Fatal("Lookup with an unreadable index key succeeded")
+	}
+}
