@@ -3,6 +3,7 @@ package guard
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -67,4 +68,26 @@ func TestBoundContextEnds(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a context derived from the bound one was not cancelled with it")
 	}
+}
+
+// Contexts derived from a bound one attach to the shared context's
+// cancellation (Value answers the context package's key from it) rather
+// than each starting a goroutine that waits on Done.
+func TestBoundContextDerivedWithoutGoroutines(t *testing.T) {
+	d := newSharedDeadlines(time.Hour)
+	ctx := d.bound(context.Background(), time.Now())
+	before := runtime.NumGoroutine()
+	var stops []context.CancelFunc
+	for range 200 {
+		_, stop := context.WithTimeout(ctx, time.Hour)
+		stops = append(stops, stop)
+	}
+	after := runtime.NumGoroutine()
+	for _, stop := range stops {
+		stop()
+	}
+	if after-before > 50 {
+		t.Fatalf("200 derived contexts started %d goroutines", after-before)
+	}
+	d.cur.Load().cancel()
 }

@@ -32,7 +32,9 @@ const DefaultBatchTimeout = 2 * time.Second
 type Options struct {
 	Vocabulary Vocabulary
 	Region     string // default region for phone numbers without a country code
-	Timeout    time.Duration
+	// Timeout bounds the store lookup of one check (to within a tenth, see
+	// Check); default DefaultTimeout.
+	Timeout time.Duration
 	// BatchTimeout bounds the lookup of a CheckBatch of more than one
 	// identifier; default DefaultBatchTimeout, never less than Timeout.
 	BatchTimeout time.Duration
@@ -116,6 +118,14 @@ func (g *Guard) Parse(k Kind, raw string) (Identifier, error) {
 // ErrUnavailable (reason store_unavailable) when the store did not answer in
 // time, ErrInvalidIdentifier (reason invalid_identifier) for a zero
 // Identifier.
+//
+// The store lookup is bounded by Options.Timeout, give or take a tenth:
+// checks starting within Timeout/10 of each other share one deadline
+// (deadline.go), which ends between Timeout and 1.1 × Timeout after each of
+// them started. A ctx that is already done is refused without asking the
+// store; a ctx cancelled while the lookup runs does not cut it short (the
+// lookup ends at that deadline at the latest), and a ctx deadline sooner
+// than the shared one applies as it is.
 func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision, error) {
 	if int(ch) >= NumChannels {
 		d := g.deny(ch, id, ReasonInvalidIdentifier)
@@ -144,17 +154,18 @@ func (g *Guard) Check(ctx context.Context, ch Channel, id Identifier) (Decision,
 // more than one identifier) and turns every failure
 // into ErrUnavailable.
 //
-// A caller whose own deadline falls within the guard's timeout already
-// bounds the store at least as tightly; its context is passed on as it is.
-// Otherwise a single check's lookup runs under the shared deadline of the
-// checks starting around the same time (deadline.go), a batch's under a new
-// context with the batch timeout.
+// A caller whose own deadline falls within the bound the guard would set
+// (the timeout; for a single check up to the shared deadline's slack
+// beyond) bounds the store at least as tightly; its context is passed on as
+// it is. Otherwise a single check's lookup runs under the shared deadline
+// of the checks starting around the same time (deadline.go), a batch's
+// under a new context with the batch timeout.
 func (g *Guard) lookup(ctx context.Context, ch Channel, ids []Identifier) ([][]Record, error) {
 	var recs [][]Record
 	var err error
-	limit := g.timeout
-	if len(ids) > 1 {
-		limit = g.batch
+	limit := g.batch
+	if len(ids) == 1 {
+		limit = g.timeout + g.shared.slack
 	}
 	now := time.Now()
 	switch dl, ok := ctx.Deadline(); {

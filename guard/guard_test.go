@@ -377,3 +377,21 @@ func TestCheckLookupContext(t *testing.T) {
 		t.Fatal("store asked for a caller that was already done")
 	}
 }
+
+// A single check whose caller's deadline falls within the shared one's
+// reach passes the caller's context on as it is: the lookup never runs past
+// the caller's own deadline.
+func TestCheckCallerDeadlineWithinSlack(t *testing.T) {
+	id := mustEmail(t, "a@b.de")
+	st := &ctxStore{}
+	g := guard.New(st, guard.Options{Timeout: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 1050*time.Millisecond)
+	defer cancel()
+	if _, err := g.Check(ctx, guard.Email, id); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := ctx.Deadline()
+	if got, ok := st.got.Deadline(); !ok || !got.Equal(want) {
+		t.Fatalf("lookup deadline %v, want the caller's %v", got, want)
+	}
+}
