@@ -153,7 +153,49 @@ func (s *Store) Init(ctx context.Context) error {
 			return fmt.Errorf("cache: load script: %w", err)
 		}
 	}
+	return s.checkEviction(ctx)
+}
+
+// ErrEvictionPolicy marks a Redis that evicts keys of its own accord
+// (maxmemory-policy allkeys-*). Init refuses it: an evicted record would
+// take its consent with it (a Nein becomes unknown), and, outside Cluster,
+// the index entries it leaves behind would still carry its last consent.
+var ErrEvictionPolicy = errors.New("cache: Redis may evict consent data")
+
+// checkEviction reads maxmemory-policy and refuses the allkeys-* policies.
+// volatile-* evict only keys with a TTL, which here are the dedupe markers
+// alone. Where the policy cannot be read (CONFIG refused to this user, as
+// on many managed services, or missing, as on the embedded store) it logs
+// and goes on: the operator is told to check it.
+func (s *Store) checkEviction(ctx context.Context) error {
+	v, err := s.rdb.ConfigGet(ctx, "maxmemory-policy").Result()
+	policy, ok := v["maxmemory-policy"]
+	switch {
+	case err != nil && commandRefused(err):
+		s.log.Debug("cache: cannot read maxmemory-policy; it must not be allkeys-*", "reason", err.Error())
+		return nil
+	case err != nil:
+		s.log.Warn("cache: cannot read maxmemory-policy; it must not be allkeys-*", "err", err)
+		return nil
+	case !ok:
+		s.log.Warn("cache: Redis did not report maxmemory-policy; it must not be allkeys-*")
+		return nil
+	case strings.HasPrefix(policy, "allkeys-"):
+		return fmt.Errorf("%w: maxmemory-policy is %s; set it to noeviction (see cache/README.md, Durability)", ErrEvictionPolicy, policy)
+	}
 	return nil
+}
+
+// commandRefused reports whether err is Redis refusing a command as such:
+// unknown (the embedded store, some proxies) or not permitted to this ACL
+// user.
+func commandRefused(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "ERR unknown command") || strings.HasPrefix(msg, "NOPERM")
 }
 
 // Ping reports whether Redis answers.
