@@ -223,27 +223,12 @@ func (s *Store) lookupDirectChunk(ctx context.Context, ids []guard.Identifier, o
 }
 
 // repairIndex rebuilds the index hashes of hashes from their records
-// (repairScript), one script run per hash in one pipeline.
+// (repairScript), one script run per hash in one pipeline (runRepair).
 func (s *Store) repairIndex(ctx context.Context, hashes []string) error {
 	slices.Sort(hashes)
 	hashes = slices.Compact(hashes)
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(hashes))
-	for i, h := range hashes {
-		cmds[i] = repairScript.EvalSha(ctx, pipe, []string{s.indexKey(h)}, s.prefix, h)
-	}
-	_, _ = pipe.Exec(ctx)
-	var first error
-	for i, cmd := range cmds {
-		err := cmd.Err()
-		if isNoScript(err) {
-			err = repairScript.Eval(ctx, s.rdb, []string{s.indexKey(hashes[i])}, s.prefix, hashes[i]).Err()
-		}
-		if err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	_, err := s.runRepair(ctx, hashes)
+	return err
 }
 
 func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }

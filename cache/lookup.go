@@ -125,36 +125,21 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		}
 	}
 	slab := recordSlab{hint: len(ids)}
-	reads := map[string]*redis.StringCmd{}
-	pipe = s.rdb.Pipeline()
 	for i := range ids {
-		switch {
-		case direct[i] != nil:
-			if line := direct[i].Val(); line != "" {
-				recs := slab.take(1)
-				if err := decodeLine(line, &recs[0]); err != nil {
-					return nil, err
-				}
-				out[i] = recs
+		if direct[i] == nil {
+			continue
+		}
+		if line := direct[i].Val(); line != "" {
+			recs := slab.take(1)
+			if err := decodeLine(line, &recs[0]); err != nil {
+				return nil, err
 			}
-		case sets[i] != nil:
-			for _, rid := range sets[i].Val() {
-				if _, ok := reads[rid]; !ok {
-					reads[rid] = pipe.HGet(ctx, s.recordKey(rid), "l")
-				}
-			}
+			out[i] = recs
 		}
 	}
-	if len(reads) == 0 {
-		return nil, nil
-	}
-	_, _ = pipe.Exec(ctx)
-	for _, c := range reads {
-		// A record that could not be read must fail the lookup: skipping it
-		// would leave the others to decide, and count its entry as stale.
-		if err := cmdErr(nil, c); err != nil {
-			return nil, err
-		}
+	reads, err := s.readLines(ctx, sets)
+	if err != nil || len(reads) == 0 {
+		return nil, err
 	}
 	var stale []pair
 	for i := range ids {
@@ -182,6 +167,36 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 		}
 	}
 	return stale, nil
+}
+
+// readLines reads the lookup line (HGET l) of every record that the index
+// keys read in sets (nil for none) name, each record once, in one
+// pipeline. A record that could not be read fails the whole read: skipping
+// it would leave the other records to decide, and count its entry as stale.
+// A record that does not exist reads as "".
+func (s *Store) readLines(ctx context.Context, sets []*redis.StringSliceCmd) (map[string]*redis.StringCmd, error) {
+	reads := map[string]*redis.StringCmd{}
+	pipe := s.rdb.Pipeline()
+	for _, set := range sets {
+		if set == nil {
+			continue
+		}
+		for _, rid := range set.Val() {
+			if _, ok := reads[rid]; !ok {
+				reads[rid] = pipe.HGet(ctx, s.recordKey(rid), "l")
+			}
+		}
+	}
+	if len(reads) == 0 {
+		return reads, nil
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, c := range reads {
+		if err := cmdErr(nil, c); err != nil {
+			return nil, err
+		}
+	}
+	return reads, nil
 }
 
 // cmdErr is the error of whichever of set and line is not nil, redis.Nil

@@ -196,7 +196,8 @@ return write(svs, w, table.concat(k), ids, outcome)
 // every other entry is removed. ARGV[1] is the key prefix. A lookup runs it
 // when an entry did not hold a line carrying the hash, which the write
 // script never leaves behind: only a hand-edited or Cluster-written index
-// (whose values are empty) does. Returns the number of entries changed.
+// (whose values are empty) does; RepairIndex runs it on every index key.
+// Returns {entries found, entries changed or removed}.
 var repairScript = redis.NewScript(`
 local rp, h = ARGV[1] .. '{', ARGV[2]
 local kv = redis.call('HGETALL', KEYS[1])
@@ -221,7 +222,7 @@ for j = 1, #kv, 2 do
     redis.call('HDEL', KEYS[1], id); n = n + 1
   end
 end
-return n
+return {#kv / 2, n}
 `)
 
 // initScript records the hash key's fingerprint (ARGV[1]) and the data

@@ -1,0 +1,369 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/consentguard/consentguard/cache"
+	"github.com/consentguard/consentguard/guard"
+)
+
+// TestRepairIndexRedis runs the RepairIndex suite on the direct path: one
+// repair script run per index key.
+func TestRepairIndexRedis(t *testing.T) { runRepairIndex(t, realBackends(t, nil, "direct")) }
+
+// TestRepairIndexRedisClusterLookup runs it the way the store works on
+// Cluster: HKEYS, the records' lines, and unindex.
+func TestRepairIndexRedisClusterLookup(t *testing.T) {
+	runRepairIndex(t, realBackends(t, cache.UseClusterLookup, "cluster"))
+}
+
+func TestRepairIndexEmbedded(t *testing.T) { runRepairIndex(t, embeddedBackends(t)) }
+
+func mustRepair(tb testing.TB, st *cache.Store) cache.IndexReport {
+	tb.Helper()
+	rep, err := st.RepairIndex(context.Background())
+	if err != nil {
+		tb.Fatalf("RepairIndex: %v (after %+v)", err, rep)
+	}
+	return rep
+}
+
+func wantReport(tb testing.TB, got, want cache.IndexReport) {
+	tb.Helper()
+	if got != want {
+		tb.Fatalf("RepairIndex = %+v, want %+v", got, want)
+	}
+}
+
+// indexSnapshot is every index key under prefix with its fields and values.
+func indexSnapshot(tb testing.TB, rdb redis.UniversalClient, prefix string) map[string]map[string]string {
+	tb.Helper()
+	ctx := context.Background()
+	out := map[string]map[string]string{}
+	keys, err := rdb.Keys(ctx, strings.NewReplacer("*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`, `\`, `\\`).Replace(prefix)+"i:*").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix+"i:") {
+			tb.Fatalf("KEYS returned %q for prefix %q", k, prefix)
+		}
+		m, err := rdb.HGetAll(ctx, k).Result()
+		if err != nil {
+			tb.Fatalf("HGETALL %s: %v", k, err)
+		}
+		out[k] = m
+	}
+	return out
+}
+
+func entryCount(idx map[string]map[string]string) int {
+	n := 0
+	for _, m := range idx {
+		n += len(m)
+	}
+	return n
+}
+
+func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
+	ctx := context.Background()
+	// As in the contract suite, each subtest ends with the index checked
+	// against the records.
+	newBackend := func(t *testing.T) backend {
+		b := fresh(t)
+		t.Cleanup(func() {
+			if !t.Failed() {
+				checkIndex(t, b)
+			}
+		})
+		return b
+	}
+
+	t.Run("DeletedRecordKeyIsUnindexed", func(t *testing.T) {
+		// An operator's DEL of a record key leaves its index entries. On the
+		// direct path they still answer with its last consent, and no
+		// lookup notices; RepairIndex removes them.
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		x, y, z := rid(t, 1), rid(t, 2), rid(t, 3)
+		a, shared, bb, c := email(t, "a@firma.de"), email(t, "info@firma.de"), phone(t, "+49 30 901820"), email(t, "c@firma.de")
+		mustApply(t, st,
+			upd(x, v(1), c4("Ja", "", "", ""), a, shared),
+			upd(y, v(1), c4("Nein", "", "", ""), shared, bb),
+			upd(z, v(1), c4("Ja", "", "", ""), c),
+		)
+		if err := b.rdb.Del(ctx, "cg:{"+x+"}:r").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if b.path == "cluster" {
+			// Entries are hints there; a lookup would already skip and
+			// remove them, so look at the index itself.
+			if ok, err := b.rdb.HExists(ctx, "cg:i:"+idHash(testKey, a), x).Result(); err != nil || !ok {
+				t.Fatalf("entry of the deleted record before repair: %v, %v", ok, err)
+			}
+		} else {
+			// Pinned down: the copied line still answers, with its consent.
+			res, err := st.Lookup(ctx, []guard.Identifier{a})
+			if err != nil || len(res[0]) != 1 || res[0][0].ID != x || res[0][0].Consent[guard.Email] != "Ja" {
+				t.Fatalf("lookup of a deleted record's identifier before repair = %+v, %v; want its last consent (direct path)", res, err)
+			}
+			wantIDs(t, lookupIDs(t, st, shared), x, y)
+		}
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 4, Entries: 5, Repaired: 2})
+		wantIDs(t, lookupIDs(t, st, a))
+		wantIDs(t, lookupIDs(t, st, shared), y)
+		wantIDs(t, lookupIDs(t, st, bb), y)
+		wantIDs(t, lookupIDs(t, st, c), z)
+		if n, err := b.rdb.Exists(ctx, "cg:i:"+idHash(testKey, a)).Result(); err != nil || n != 0 {
+			t.Fatalf("index key of the deleted record's own identifier left: %d, %v", n, err)
+		}
+		// Once repaired, a second run finds nothing to do.
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 3, Entries: 3})
+	})
+
+	t.Run("TombstoneAndMovedEntriesAreRemoved", func(t *testing.T) {
+		// A restored index key names a record that has since been erased,
+		// and one that moved to another identifier.
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		gone, moved := rid(t, 10), rid(t, 11)
+		old, now := email(t, "old@firma.de"), email(t, "now@firma.de")
+		mustApply(t, st, upd(gone, v(1), c4("Ja", "", "", ""), old), upd(moved, v(1), c4("Ja", "", "", ""), old))
+		before := indexSnapshot(t, b.rdb, "cg:")
+		mustApply(t, st, del(gone, v(2)), upd(moved, v(2), c4("Ja", "", "", ""), now))
+		oldKey := "cg:i:" + idHash(testKey, old)
+		for id, val := range before[oldKey] { // the index key restored from a backup
+			if err := b.rdb.HSet(ctx, oldKey, id, val).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 2, Entries: 3, Repaired: 2})
+		wantIDs(t, lookupIDs(t, st, old))
+		wantIDs(t, lookupIDs(t, st, now), moved)
+	})
+
+	t.Run("StaleLineIsReplaced", func(t *testing.T) {
+		// An index key restored from an older backup holds a record's old
+		// line: on the direct path the lookup answers with the old consent
+		// until RepairIndex puts the record's current line in.
+		b := newBackend(t)
+		if b.path == "cluster" {
+			t.Skip("Cluster lookups read the record, never the entry's value")
+		}
+		st := b.store(t, cache.Options{})
+		id, a := rid(t, 20), email(t, "restored@firma.de")
+		key := "cg:i:" + idHash(testKey, a)
+		mustApply(t, st, upd(id, v(1), c4("Ja", "", "", ""), a))
+		oldLine, err := b.rdb.HGet(ctx, key, id).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustApply(t, st, upd(id, v(2), c4("Nein", "", "", ""), a))
+		if err := b.rdb.HSet(ctx, key, id, oldLine).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := st.Lookup(ctx, []guard.Identifier{a}); err != nil || len(res[0]) != 1 || res[0][0].Consent[guard.Email] != "Ja" {
+			t.Fatalf("lookup before repair = %+v, %v; want the restored line's Ja (direct path)", res, err)
+		}
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 1, Repaired: 1})
+		if res, err := st.Lookup(ctx, []guard.Identifier{a}); err != nil || len(res[0]) != 1 || res[0][0].Consent[guard.Email] != "Nein" {
+			t.Fatalf("lookup after repair = %+v, %v; want Nein", res, err)
+		}
+	})
+
+	t.Run("EmptyEntryOfALiveRecordIsFilledIn", func(t *testing.T) {
+		// An index moved from a Cluster (empty values) to a standalone
+		// Redis. On the Cluster path the empty value is the normal entry.
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		id, a := rid(t, 30), email(t, "moved@firma.de")
+		mustApply(t, st, upd(id, v(1), c4("Ja", "", "", ""), a))
+		key := "cg:i:" + idHash(testKey, a)
+		if err := b.rdb.HSet(ctx, key, id, "").Err(); err != nil {
+			t.Fatal(err)
+		}
+		rep := mustRepair(t, st)
+		val, err := b.rdb.HGet(ctx, key, id).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.path == "cluster" {
+			wantReport(t, rep, cache.IndexReport{Keys: 1, Entries: 1})
+			if val != "" {
+				t.Fatalf("Cluster repair wrote value %q", val)
+			}
+		} else {
+			wantReport(t, rep, cache.IndexReport{Keys: 1, Entries: 1, Repaired: 1})
+			line, err := b.rdb.HGet(ctx, "cg:{"+id+"}:r", "l").Result()
+			if err != nil || val != line {
+				t.Fatalf("entry after repair = %q, record line %q (%v)", val, line, err)
+			}
+		}
+		wantIDs(t, lookupIDs(t, st, a), id)
+	})
+
+	t.Run("HealthyIndexIsLeftAlone", func(t *testing.T) {
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		var ups []guard.Update
+		for n := range 40 {
+			ids := []guard.Identifier{email(t, fmt.Sprintf("p%d@firma.de", n)), email(t, fmt.Sprintf("team%d@firma.de", n%5))}
+			if n%3 == 0 {
+				ids = append(ids, phone(t, fmt.Sprintf("+4930%07d", n)))
+			}
+			ups = append(ups, upd(rid(t, 100+n), v(1), c4("Ja", "Nein", "", ""), ids...))
+		}
+		mustApply(t, st, ups...)
+		mustApply(t, st, del(rid(t, 100), v(2)))
+		before := indexSnapshot(t, b.rdb, "cg:")
+		// Keys under the index prefix that are no index keys of this
+		// store: skipped, not read (a string would fail the script).
+		junk := []string{"cg:i:notahash", "cg:i:" + strings.Repeat("A", 64), "cg:i:" + strings.Repeat("0", 63)}
+		for _, k := range junk {
+			if err := b.rdb.Set(ctx, k, "x", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: len(before), Entries: entryCount(before), Repaired: 0})
+		if err := b.rdb.Del(ctx, junk...).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if after := indexSnapshot(t, b.rdb, "cg:"); !maps.EqualFunc(before, after, maps.Equal) {
+			t.Fatal("RepairIndex changed a healthy index")
+		}
+	})
+
+	t.Run("ThousandsOfKeysAcrossScanPages", func(t *testing.T) {
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		records := 10000 // 20,000 index keys
+		if b.embedded {
+			records = 300 // one SCAN page (miniredis ignores COUNT), two pipelines
+		}
+		ups := make([]guard.Update, 0, 500)
+		for n := range records {
+			ups = append(ups, upd(rid(t, 10000+n), v(1), c4("Ja", "", "", ""),
+				email(t, fmt.Sprintf("k%d@firma.de", n)), phone(t, fmt.Sprintf("+4930%07d", n))))
+			if len(ups) == cap(ups) || n == records-1 {
+				mustApply(t, st, ups...)
+				ups = ups[:0]
+			}
+		}
+		// Every 500th record deleted by hand (2 entries each), and on the
+		// direct path every 700th record's email entry emptied.
+		want := 0
+		for n := 0; n < records; n += 500 {
+			if err := b.rdb.Del(ctx, "cg:{"+rid(t, 10000+n)+"}:r").Err(); err != nil {
+				t.Fatal(err)
+			}
+			want += 2
+		}
+		if b.path != "cluster" {
+			for n := 1; n < records; n += 700 {
+				if err := b.rdb.HSet(ctx, "cg:i:"+idHash(testKey, email(t, fmt.Sprintf("k%d@firma.de", n))), rid(t, 10000+n), "").Err(); err != nil {
+					t.Fatal(err)
+				}
+				want++
+			}
+		}
+		if !b.embedded {
+			resetStats(t, b.rdb)
+		}
+		start := time.Now()
+		rep := mustRepair(t, st)
+		took := time.Since(start)
+		t.Logf("RepairIndex (%s) over %d index keys, %d entries: %v (%d repaired)", b.path, rep.Keys, rep.Entries, took, rep.Repaired)
+		// SCAN may return a key twice while Redis resizes its table.
+		if rep.Keys < 2*records || rep.Entries < 2*records || rep.Repaired != want {
+			t.Fatalf("RepairIndex = %+v, want %d keys and entries, %d repaired", rep, 2*records, want)
+		}
+		if !b.embedded {
+			if n := commandCalls(t, b.rdb, "scan"); n < 2*records/1000 {
+				t.Fatalf("%d SCAN calls for %d keys", n, 2*records)
+			}
+		}
+		wantIDs(t, lookupIDs(t, st, email(t, "k0@firma.de")))
+		wantIDs(t, lookupIDs(t, st, phone(t, fmt.Sprintf("+4930%07d", 0))))
+		wantIDs(t, lookupIDs(t, st, email(t, "k1@firma.de")), rid(t, 10001))
+		wantIDs(t, lookupIDs(t, st, email(t, "k2@firma.de")), rid(t, 10002))
+	})
+
+	t.Run("PrefixWithGlobCharactersTouchesOnlyItsOwnKeys", func(t *testing.T) {
+		// Each prefix, taken as a glob pattern, would also match its
+		// neighbour's keys. The neighbour has an orphaned entry that the
+		// glob store's repair must leave alone.
+		for _, tc := range []struct{ prefix, neighbour string }{
+			{"c*g:", "cXg:"},
+			{"c?g:", "cAg:"},
+			{"c[x]g:", "cxg:"},
+			{`c\g:`, "cg:"},
+		} {
+			t.Run(tc.prefix, func(t *testing.T) {
+				b := fresh(t)
+				st := b.store(t, cache.Options{Prefix: tc.prefix})
+				nb := b.store(t, cache.Options{Prefix: tc.neighbour})
+				a, o := email(t, "a@firma.de"), email(t, "o@firma.de")
+				mustApply(t, st, upd(rid(t, 1), v(1), c4("Ja", "", "", ""), a))
+				mustApply(t, nb, upd(rid(t, 1), v(1), c4("Ja", "", "", ""), a), upd(rid(t, 2), v(1), c4("Ja", "", "", ""), o))
+				if err := b.rdb.Del(ctx, tc.neighbour+"{"+rid(t, 2)+"}:r").Err(); err != nil {
+					t.Fatal(err)
+				}
+				neighbourIndex := indexSnapshot(t, b.rdb, tc.neighbour)
+				if len(neighbourIndex) != 2 {
+					t.Fatalf("neighbour index = %v", neighbourIndex)
+				}
+				wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 1})
+				if got := indexSnapshot(t, b.rdb, tc.neighbour); !maps.EqualFunc(neighbourIndex, got, maps.Equal) {
+					t.Fatalf("repair under %q changed the index under %q", tc.prefix, tc.neighbour)
+				}
+				wantReport(t, mustRepair(t, nb), cache.IndexReport{Keys: 2, Entries: 2, Repaired: 1})
+				wantIDs(t, lookupIDs(t, st, a), rid(t, 1))
+				wantIDs(t, lookupIDs(t, nb, a), rid(t, 1))
+				wantIDs(t, lookupIDs(t, nb, o))
+			})
+		}
+	})
+
+	t.Run("ScriptCacheFlushed", func(t *testing.T) {
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		id, a := rid(t, 40), email(t, "flush@firma.de")
+		mustApply(t, st, upd(id, v(1), c4("Ja", "", "", ""), a), upd(rid(t, 41), v(1), c4("Ja", "", "", ""), a))
+		if err := b.rdb.Del(ctx, "cg:{"+rid(t, 41)+"}:r").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 2, Repaired: 1})
+		wantIDs(t, lookupIDs(t, st, a), id)
+	})
+
+	t.Run("CancelledContext", func(t *testing.T) {
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		mustApply(t, st, upd(rid(t, 50), v(1), c4("Ja", "", "", ""), email(t, "c@firma.de")))
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		rep, err := st.RepairIndex(cctx)
+		if !errors.Is(err, context.Canceled) || rep != (cache.IndexReport{}) {
+			t.Fatalf("RepairIndex on a cancelled context = %+v, %v", rep, err)
+		}
+	})
+
+	t.Run("MisconfiguredStoreRefuses", func(t *testing.T) {
+		b := fresh(t)
+		st := cache.New(b.rdb, cache.Options{HashKey: []byte("short")})
+		if _, err := st.RepairIndex(ctx); !errors.Is(err, cache.ErrConfig) {
+			t.Fatalf("RepairIndex with a short key: %v", err)
+		}
+	})
+}
