@@ -48,12 +48,14 @@ func exitCode(err error, stderr io.Writer) int {
 const usage = `usage: consentguard <command> [flags]
 
 commands:
-  serve     run the HTTP API and webhooks (and SMTP relay / policy server when configured)
-  check     one decision as JSON: -channel C (-email E | -phone P | -contact ID); exit 0 allowed, 1 denied, 2 error
-  import    load a Salesforce CSV export: [-object Contact] FILE.csv
-  scrub     campaign list → allowed rows: -channel C -column NAME [-annotate] IN.csv
-  sync      reconcile from the Salesforce REST API: [-object Contact,Lead] [-since 2026-11-01T00:00:00Z | -since 25h]
-  version   print the version
+  serve         run the HTTP API and webhooks (and SMTP relay / policy server when configured)
+  check         one decision as JSON: -channel C (-email E | -phone P | -contact ID); exit 0 allowed, 1 denied, 2 error
+  import        load a Salesforce CSV export: [-object Contact] FILE.csv
+  scrub         campaign list → allowed rows: -channel C -column NAME [-annotate] IN.csv
+  sync          reconcile from the Salesforce REST API: [-object Contact,Lead] [-since 2026-11-01T00:00:00Z | -since 25h]
+  repair-index  check the Redis identifier index against the records and repair it (after keys were
+                deleted or restored by hand, or data moved from a Cluster to a standalone Redis)
+  version       print the version
 
 Every command takes -config FILE (or CONSENTGUARD_CONFIG); secrets come from the environment.
 `
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runScrub(ctx, rest, getenv, stdout, stderr)
 	case "sync":
 		return runSync(ctx, rest, getenv, stdout, stderr)
+	case "repair-index":
+		return runRepairIndex(ctx, rest, getenv, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "consentguard", version)
 		return nil

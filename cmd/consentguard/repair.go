@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// errNothingToRepair refuses repair-index without a Redis: the embedded
+// store starts empty.
+var errNothingToRepair = errors.New("repair-index: no Redis configured (redis.url, CONSENTGUARD_REDIS_URL); the embedded store starts empty, so there is nothing to repair")
+
+// runRepairIndex checks every identifier index entry of the configured
+// Redis against its record and repairs it (cache.Store.RepairIndex). It
+// prints one line of counts; having repaired something is success.
+func runRepairIndex(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs, cfgPath := newFlagSet("repair-index", stderr)
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err.Error()}
+	}
+	if fs.NArg() != 0 {
+		return &usageError{"repair-index: unexpected arguments " + strings.Join(fs.Args(), " ")}
+	}
+	// Refuse before openApp, which would start an embedded store.
+	cfg, err := loadConfig(*cfgPath, getenv, newValidator())
+	if err != nil {
+		return err
+	}
+	if cfg.Embedded() {
+		return errNothingToRepair
+	}
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	rep, err := a.store.RepairIndex(ctx)
+	if err != nil {
+		return fmt.Errorf("repair-index: %w (stopped after %d keys, %d entries, %d repaired)", err, rep.Keys, rep.Entries, rep.Repaired)
+	}
+	fmt.Fprintf(stdout, "index: %d keys, %d entries, %d repaired\n", rep.Keys, rep.Entries, rep.Repaired)
+	return nil
+}
