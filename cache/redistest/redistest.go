@@ -10,11 +10,13 @@ package redistest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,9 +29,10 @@ const startTimeout = 20 * time.Second
 
 // Server is one redis-server process owned by a test.
 type Server struct {
-	bin  string
-	dir  string
-	port int
+	bin         string
+	dir         string
+	port        int
+	clusterPort int // cluster bus port; 0: not a Cluster node
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -40,6 +43,39 @@ type Server struct {
 // Start launches redis-server on a free loopback port and registers its
 // shutdown with tb.Cleanup. It returns once the server answers PING.
 func Start(tb testing.TB) *Server {
+	tb.Helper()
+	return startServer(tb, false)
+}
+
+// StartCluster launches a one-node Redis Cluster: cluster mode on, every
+// slot on this node, announced as 127.0.0.1. It returns once the node
+// reports cluster_state:ok, so that a redis.ClusterClient given Addr works
+// as against any Cluster (ForEachMaster sees one master). Restart brings
+// the node back with its slots (nodes.conf stays in the directory).
+func StartCluster(tb testing.TB) *Server {
+	tb.Helper()
+	s := startServer(tb, true)
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		tb.Fatalf("redistest: assign cluster slots: %v", err)
+	}
+	for {
+		info, err := c.ClusterInfo(ctx).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			return s
+		}
+		select {
+		case <-ctx.Done():
+			tb.Fatalf("redistest: cluster on %s not ok within %s: %v %q", s.Addr(), startTimeout, err, info)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func startServer(tb testing.TB, cluster bool) *Server {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -59,6 +95,12 @@ func Start(tb testing.TB) *Server {
 			tb.Fatalf("redistest: find free port: %v", err)
 		}
 		s.port = port
+		if cluster {
+			// The bus port defaults to port+10000, which may not exist.
+			if s.clusterPort, err = freePort(); err != nil {
+				tb.Fatalf("redistest: find free port: %v", err)
+			}
+		}
 		if lastErr = s.start(); lastErr == nil {
 			return s
 		}
@@ -124,7 +166,7 @@ func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := new(bytes.Buffer)
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
@@ -133,7 +175,15 @@ func (s *Server) start() error {
 		"--protected-mode", "no",
 		"--daemonize", "no",
 		"--loglevel", "warning",
-	)
+	}
+	if s.clusterPort != 0 {
+		args = append(args,
+			"--cluster-enabled", "yes",
+			"--cluster-port", strconv.Itoa(s.clusterPort),
+			"--cluster-announce-ip", "127.0.0.1",
+		)
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	cmd.Stdout = &lockedWriter{w: out}
 	cmd.Stderr = cmd.Stdout
