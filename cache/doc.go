@@ -12,7 +12,9 @@
 // one key and no crash can leave an entry the record does not back. On
 // Cluster the index lies in other slots and is written after the script;
 // there every lookup verifies the entry against the record, so a crash
-// between the two writes cannot grant consent.
+// between the two writes cannot grant consent. RepairIndex checks the whole
+// index against the records, for keys deleted or restored behind the
+// store's back.
 //
 // README.md in this directory documents the key layout, the Lua rules and
 // durability settings.
