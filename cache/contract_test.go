@@ -86,6 +86,25 @@ func TestContractRedisClusterLookup(t *testing.T) {
 	runContract(t, realBackends(t, cache.UseClusterLookup, "cluster"))
 }
 
+// TestContractRedisCluster runs it through a real redis.ClusterClient on a
+// one-node Cluster (every slot on one server), the store's own choice of
+// the Cluster path rather than a forced one.
+func TestContractRedisCluster(t *testing.T) {
+	srv := redistest.StartCluster(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	runContract(t, func(t *testing.T) backend {
+		ctx := context.Background()
+		err := rdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return c.FlushAll(ctx).Err()
+		})
+		if err != nil {
+			t.Fatalf("FLUSHALL: %v", err)
+		}
+		return backend{rdb: rdb, path: "cluster"}
+	})
+}
+
 func TestContractEmbedded(t *testing.T) { runContract(t, embeddedBackends(t)) }
 
 // ---- helpers ----
