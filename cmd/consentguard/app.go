@@ -47,11 +47,11 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// openApp loads the config and connects the store. observe, when set, sees
-// every decision.
-func openApp(ctx context.Context, cfgPath string, getenv func(string) string, stderr io.Writer, observe func(guard.Decision)) (*app, error) {
+// openApp loads the config for the command's use and connects the store.
+// observe, when set, sees every decision.
+func openApp(ctx context.Context, cfgPath string, getenv func(string) string, stderr io.Writer, u use, observe func(guard.Decision)) (*app, error) {
 	v := newValidator()
-	cfg, err := loadConfig(cfgPath, getenv, v)
+	cfg, err := loadConfig(cfgPath, getenv, v, u)
 	if err != nil {
 		return nil, err
 	}

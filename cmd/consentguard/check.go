@@ -43,7 +43,7 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		return &usageError{"check: give exactly one of -email, -phone, -contact"}
 	}
 
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, forTool, nil)
 	if err != nil {
 		return err
 	}

@@ -172,9 +172,21 @@ func splitList(s string) []string {
 	return out
 }
 
+// use says what a command needs of the configuration besides a valid file.
+type use int
+
+const (
+	// forTool: check, import, scrub, sync, repair-index. With a Redis
+	// store they need the hash key; they receive no webhooks.
+	forTool use = iota
+	// forServe: serve. With a Redis store it also needs the org ids and
+	// the token that guard the Salesforce webhook (DESIGN.md).
+	forServe
+)
+
 // loadConfig reads path (if any) over the defaults, then the environment,
-// then validates everything at once.
-func loadConfig(path string, getenv func(string) string, v *validator.Validate) (*Config, error) {
+// then validates everything at once for the command's use.
+func loadConfig(path string, getenv func(string) string, v *validator.Validate, u use) (*Config, error) {
 	cfg := defaultConfig()
 	if path == "" {
 		path = getenv("CONSENTGUARD_CONFIG")
@@ -203,14 +215,14 @@ func loadConfig(path string, getenv func(string) string, v *validator.Validate) 
 			e.set(&cfg, val)
 		}
 	}
-	if err := cfg.validate(v); err != nil {
+	if err := cfg.validate(v, u); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
 }
 
 // validate reports every problem at once.
-func (c *Config) validate(v *validator.Validate) error {
+func (c *Config) validate(v *validator.Validate, u use) error {
 	var errs []error
 	if err := v.Struct(c); err != nil {
 		var verrs validator.ValidationErrors
@@ -235,12 +247,12 @@ func (c *Config) validate(v *validator.Validate) error {
 		errs = append(errs, errors.New("identity.hash_key (CONSENTGUARD_HASH_KEY): must be at least 32 characters"))
 	}
 	if !c.Embedded() {
-		// A real store keeps data: it must be fed only by our org and
-		// hash identifiers under a stable key.
-		if len(c.Salesforce.OrgIDs) == 0 {
+		// A real store keeps data: serve must let only our org feed it,
+		// and every command must hash identifiers under a stable key.
+		if u == forServe && len(c.Salesforce.OrgIDs) == 0 {
 			errs = append(errs, errors.New("salesforce.org_ids (CONSENTGUARD_SALESFORCE_ORG_IDS): required with a Redis store"))
 		}
-		if c.Salesforce.Token == "" {
+		if u == forServe && c.Salesforce.Token == "" {
 			errs = append(errs, errors.New("salesforce.token (CONSENTGUARD_SALESFORCE_TOKEN): required with a Redis store"))
 		}
 		if c.Identity.HashKey == "" {

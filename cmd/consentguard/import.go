@@ -27,7 +27,7 @@ func runImport(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer in.Close()
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, forTool, nil)
 	if err != nil {
 		return err
 	}

@@ -523,3 +523,27 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+// The tools (check, import, scrub, sync, repair-index) need the hash key
+// with a Redis store, not the webhook's org ids and token: only serve
+// receives webhooks.
+func TestToolsNeedOnlyTheHashKey(t *testing.T) {
+	rs := redistest.Start(t)
+	var out, errb bytes.Buffer
+	env := envFunc(map[string]string{"CONSENTGUARD_REDIS_URL": rs.URL(), "CONSENTGUARD_HASH_KEY": testKey})
+	err := run(context.Background(), []string{"consentguard", "check", "-channel", "email", "-email", "x@y.de"}, env, &out, &errb)
+	if code := exitCode(err, io.Discard); code != 1 || !strings.Contains(out.String(), "unknown_contact") {
+		t.Fatalf("check with Redis and hash key only: %v, %q, %s", err, out.String(), errb.String())
+	}
+	out.Reset()
+	err = run(context.Background(), []string{"consentguard", "repair-index"}, env, &out, &errb)
+	if err != nil || !strings.HasPrefix(out.String(), "index: ") {
+		t.Fatalf("repair-index with Redis and hash key only: %v, %q", err, out.String())
+	}
+	// Without the hash key: that, and only that, is named.
+	err = run(context.Background(), []string{"consentguard", "check", "-channel", "email", "-email", "x@y.de"},
+		envFunc(map[string]string{"CONSENTGUARD_REDIS_URL": rs.URL()}), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "identity.hash_key") || strings.Contains(err.Error(), "salesforce.") {
+		t.Fatalf("check without hash key: %v", err)
+	}
+}

@@ -24,14 +24,14 @@ func runRepairIndex(ctx context.Context, args []string, getenv func(string) stri
 		return &usageError{"repair-index: unexpected arguments " + strings.Join(fs.Args(), " ")}
 	}
 	// Refuse before openApp, which would start an embedded store.
-	cfg, err := loadConfig(*cfgPath, getenv, newValidator())
+	cfg, err := loadConfig(*cfgPath, getenv, newValidator(), forTool)
 	if err != nil {
 		return err
 	}
 	if cfg.Embedded() {
 		return errNothingToRepair
 	}
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, forTool, nil)
 	if err != nil {
 		return err
 	}

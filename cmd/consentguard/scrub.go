@@ -48,7 +48,7 @@ func runScrub(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer in.Close()
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, forTool, nil)
 	if err != nil {
 		return err
 	}

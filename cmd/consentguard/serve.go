@@ -37,7 +37,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return &usageError{err.Error()}
 	}
 	if *checkOnly {
-		cfg, err := loadConfig(*cfgPath, getenv, newValidator())
+		cfg, err := loadConfig(*cfgPath, getenv, newValidator(), forServe)
 		if err != nil {
 			return err
 		}
@@ -56,7 +56,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 			auditLog.Observe(d)
 		}
 	}
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, observe)
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, forServe, observe)
 	if err != nil {
 		return err
 	}

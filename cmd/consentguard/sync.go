@@ -31,14 +31,14 @@ func runSync(ctx context.Context, args []string, getenv func(string) string, std
 	}
 
 	// Check the REST settings before touching the store.
-	cfg, err := loadConfig(*cfgPath, getenv, newValidator())
+	cfg, err := loadConfig(*cfgPath, getenv, newValidator(), forTool)
 	if err != nil {
 		return err
 	}
 	if err := restSettings(cfg.Salesforce.REST); err != nil {
 		return err
 	}
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, nil)
+	a, err := openApp(ctx, *cfgPath, getenv, stderr, forTool, nil)
 	if err != nil {
 		return err
 	}
