@@ -172,32 +172,12 @@ func isIDHash(h string) bool {
 }
 
 // runRepair runs repairScript on the index key of each hash, all in one
-// pipeline (EVALSHA); calls answered NOSCRIPT (a restarted or flushed
-// Redis) go again with EVAL in a second one. It sums the script's counts
-// over the keys it repaired and returns the first error.
+// pipeline (evalEach). It sums the script's counts over the keys it
+// repaired and returns the first error.
 func (s *Store) runRepair(ctx context.Context, hashes []string) (IndexReport, error) {
-	cmds := make([]*redis.Cmd, len(hashes))
-	pipe := s.rdb.Pipeline()
-	for i, h := range hashes {
-		cmds[i] = repairScript.EvalSha(ctx, pipe, []string{s.indexKey(h)}, s.prefix, h)
-	}
-	_, _ = pipe.Exec(ctx) // errors are inspected per command
-	var retry []int
-	for i, cmd := range cmds {
-		if isNoScript(cmd.Err()) {
-			retry = append(retry, i)
-		}
-	}
-	if len(retry) > 0 {
-		pipe := s.rdb.Pipeline()
-		for _, i := range retry {
-			cmds[i] = repairScript.Eval(ctx, pipe, []string{s.indexKey(hashes[i])}, s.prefix, hashes[i])
-		}
-		_, _ = pipe.Exec(ctx)
-	}
 	var rep IndexReport
 	var first error
-	for _, cmd := range cmds {
+	for _, cmd := range s.evalEach(ctx, repairScript, hashes, func(h string) []any { return []any{s.prefix, h} }) {
 		v, err := cmd.Int64Slice()
 		if err == nil && len(v) != 2 {
 			err = errors.New("unexpected repair script reply")
@@ -211,6 +191,34 @@ func (s *Store) runRepair(ctx context.Context, hashes []string) (IndexReport, er
 		rep.add(IndexReport{Keys: 1, Entries: int(v[0]), Repaired: int(v[1])})
 	}
 	return rep, first
+}
+
+// evalEach runs sc once on the index key of each hash, with the arguments
+// args gives for it, all in one pipeline (EVALSHA); calls answered
+// NOSCRIPT (a restarted or flushed Redis) go again with EVAL in a second
+// one. It returns the commands, in order, for the caller to read each
+// reply and error.
+func (s *Store) evalEach(ctx context.Context, sc *redis.Script, hashes []string, args func(h string) []any) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(hashes))
+	pipe := s.rdb.Pipeline()
+	for i, h := range hashes {
+		cmds[i] = sc.EvalSha(ctx, pipe, []string{s.indexKey(h)}, args(h)...)
+	}
+	_, _ = pipe.Exec(ctx) // errors are inspected per command
+	var retry []int
+	for i, cmd := range cmds {
+		if isNoScript(cmd.Err()) {
+			retry = append(retry, i)
+		}
+	}
+	if len(retry) > 0 {
+		pipe := s.rdb.Pipeline()
+		for _, i := range retry {
+			cmds[i] = sc.Eval(ctx, pipe, []string{s.indexKey(hashes[i])}, args(hashes[i])...)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	return cmds
 }
 
 // repairCluster checks the index keys of hashes the way a Cluster lookup

@@ -190,6 +190,25 @@ if not changed then return keep(7, si) end
 return write(svs, w, table.concat(k), ids, outcome)
 `)
 
+// luaCarries defines carries(l, h) for the scripts that check index
+// entries against records: whether lookup line l (false for none) lists
+// hash h (64 hex digits) in its first field, the Lua form of lineCarries.
+// The hashes there are 64 characters each, separated by one space, so a
+// whole entry starts at a multiple of 65.
+const luaCarries = `
+local function carries(l, h)
+  local e = l and string.find(l, '\0', 1, true)
+  if not e or #h ~= 64 then return false end
+  local i = 1
+  while true do
+    i = string.find(l, h, i, true)
+    if not i or i > e then return false end
+    if (i - 1) % 65 == 0 then return true end
+    i = i + 1
+  end
+end
+`
+
 // repairScript rebuilds one identifier's index hash (KEYS[1]) from the
 // records it names, on a non-cluster Redis: each entry whose record is live
 // and carries the hash (ARGV[2]) gets the record's current lookup line,
@@ -198,25 +217,14 @@ return write(svs, w, table.concat(k), ids, outcome)
 // script never leaves behind: only a hand-edited or Cluster-written index
 // (whose values are empty) does; RepairIndex runs it on every index key.
 // Returns {entries found, entries changed or removed}.
-var repairScript = redis.NewScript(`
+var repairScript = redis.NewScript(luaCarries + `
 local rp, h = ARGV[1] .. '{', ARGV[2]
 local kv = redis.call('HGETALL', KEYS[1])
 local n = 0
 for j = 1, #kv, 2 do
   local id, old = kv[j], kv[j + 1]
   local l = redis.call('HGET', rp .. id .. '}:r', 'l')
-  local e = l and string.find(l, '\0', 1, true)
-  local carried = false
-  if e and #h == 64 then
-    local i = 1
-    while true do
-      i = string.find(l, h, i, true)
-      if not i or i > e then break end
-      if (i - 1) % 65 == 0 then carried = true; break end
-      i = i + 1
-    end
-  end
-  if carried then
+  if carries(l, h) then
     if l ~= old then redis.call('HSET', KEYS[1], id, l); n = n + 1 end
   else
     redis.call('HDEL', KEYS[1], id); n = n + 1
