@@ -247,3 +247,69 @@ if not m[1] then
 end
 return {m[1], m[2] or '', '0'}
 `)
+
+// Schema 2 → 3 (Store.Upgrade). Schema 2 kept each identifier index key
+// as a SET of record Ids; schema 3 keeps a hash from record Id to the
+// record's lookup line ("" on Cluster). Records are laid out alike in both.
+
+// upgradeScript converts one schema 2 index key (KEYS[1]) on a non-cluster
+// Redis, atomically: if it is a set, every member whose record is live and
+// carries the hash (ARGV[2]; ARGV[1] is the key prefix) becomes a field
+// holding the record's lookup line, the others are dropped, and the set is
+// replaced by that hash (by nothing if none is left). Any other type (a
+// key converted by an earlier, interrupted run) is left alone. Returns
+// {1 if converted else 0, entries written, members dropped}.
+var upgradeScript = redis.NewScript(luaCarries + `
+local rp, h = ARGV[1] .. '{', ARGV[2]
+if redis.call('TYPE', KEYS[1]).ok ~= 'set' then return {0, 0, 0} end
+local ids = redis.call('SMEMBERS', KEYS[1])
+local kv = {}
+for _, id in ipairs(ids) do
+  local l = redis.call('HGET', rp .. id .. '}:r', 'l')
+  if carries(l, h) then kv[#kv + 1] = id; kv[#kv + 1] = l end
+end
+redis.call('DEL', KEYS[1])
+` + luaHSetChunks + `
+return {1, #kv / 2, #ids - #kv / 2}
+`)
+
+// upgradeClusterScript converts one schema 2 index key (KEYS[1]) on
+// Cluster, where a script may touch only its own slot: the caller has read
+// the set and the records' lines, and passes the members whose record does
+// not carry the hash (ARGV). If the key is still a set, its current
+// members less those become fields with empty values, replacing the set;
+// a member added since the caller read the set is kept (Cluster entries
+// are hints that every lookup checks). Any other type is left alone.
+// Returns as upgradeScript.
+var upgradeClusterScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok ~= 'set' then return {0, 0, 0} end
+local drop = {}
+for _, id in ipairs(ARGV) do drop[id] = true end
+local ids = redis.call('SMEMBERS', KEYS[1])
+local kv = {}
+for _, id in ipairs(ids) do
+  if not drop[id] then kv[#kv + 1] = id; kv[#kv + 1] = '' end
+end
+redis.call('DEL', KEYS[1])
+` + luaHSetChunks + `
+return {1, #kv / 2, #ids - #kv / 2}
+`)
+
+// luaHSetChunks writes the field/value list kv into KEYS[1], 200 pairs per
+// HSET: unpack of a long list would overflow Lua's C stack.
+const luaHSetChunks = `
+for j = 1, #kv, 400 do
+  redis.call('HSET', KEYS[1], unpack(kv, j, math.min(j + 399, #kv)))
+end
+`
+
+// upgradeMetaScript records schema ARGV[2] in the meta hash KEYS[1] if it
+// still holds the fingerprint ARGV[1] and schema ARGV[3] (compare-and-set).
+// Returns the stored fingerprint and schema as they were ("" for none).
+var upgradeMetaScript = redis.NewScript(`
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'schema')
+if m[1] == ARGV[1] and m[2] == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'schema', ARGV[2])
+end
+return {m[1] or '', m[2] or ''}
+`)

@@ -66,7 +66,8 @@ var ErrConfig = errors.New("cache: invalid configuration")
 
 // ErrSchema marks a Redis whose data was written in another layout
 // (prefix + "meta", field "schema") than this version reads and writes.
-// Init refuses it; there is no migration.
+// Init refuses it; Upgrade converts schema 2 in place, older schemas
+// have no migration.
 var ErrSchema = errors.New("cache: data schema mismatch")
 
 // schema is the data layout this version writes, recorded in prefix+"meta".
@@ -124,8 +125,9 @@ const fingerprintLabel = "consentguard-fingerprint"
 // "schema") unless they are there, and refuses with an error wrapping
 // guard.ErrHashKeyMismatch when the stored fingerprint belongs to another
 // key, or wrapping ErrSchema when the data was written in another layout
-// (older versions' data is not migrated: rebuild it with a full sync into
-// an empty Redis or prefix). It also loads the Lua scripts.
+// (schema 2 is upgraded in place by Upgrade; older data is not migrated:
+// rebuild it with a full sync into an empty Redis or prefix). It also
+// loads the Lua scripts.
 func (s *Store) Init(ctx context.Context) error {
 	if s.err != nil {
 		return s.err
@@ -144,6 +146,9 @@ func (s *Store) Init(ctx context.Context) error {
 	}
 	if v[0] != fp {
 		return fmt.Errorf("%w: Redis holds fingerprint %s, the configured hash key has %s", guard.ErrHashKeyMismatch, v[0], fp)
+	}
+	if v[1] == schema2 {
+		return fmt.Errorf("%w: %s was written with data schema %q, this version reads and writes schema %s; stop every older consentguard instance, then run `consentguard repair-index` once to upgrade in place (records and history kept)", ErrSchema, meta, v[1], schema)
 	}
 	if v[1] != schema {
 		return fmt.Errorf("%w: %s was written with data schema %q, this version reads and writes schema %s and does not migrate; load the data again (consentguard sync) into an empty Redis or another key prefix", ErrSchema, meta, v[1], schema)
