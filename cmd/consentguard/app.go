@@ -50,6 +50,20 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 // openApp loads the config for the command's use and connects the store.
 // observe, when set, sees every decision.
 func openApp(ctx context.Context, cfgPath string, getenv func(string) string, stderr io.Writer, u use, observe func(guard.Decision)) (*app, error) {
+	a, err := connectApp(cfgPath, getenv, stderr, u)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.initStore(ctx, observe); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// connectApp is openApp up to the store, which it leaves uninitialised
+// (cache.Store.Init not run): repair-index upgrades an older data schema,
+// which Init refuses, before initialising the store.
+func connectApp(cfgPath string, getenv func(string) string, stderr io.Writer, u use) (*app, error) {
 	v := newValidator()
 	cfg, err := loadConfig(cfgPath, getenv, v, u)
 	if err != nil {
@@ -85,21 +99,27 @@ func openApp(ctx context.Context, cfgPath string, getenv func(string) string, st
 		Vocabulary: cfg.Salesforce.Values,
 		Logger:     a.log,
 	})
+	return a, nil
+}
+
+// initStore initialises the store connectApp made and builds the guard on it;
+// on an error it closes a.
+func (a *app) initStore(ctx context.Context, observe func(guard.Decision)) error {
 	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := a.store.Init(ictx); err != nil {
 		a.close()
-		return nil, fmt.Errorf("store %s: %w", redactURL(cfg.Redis.URL), err)
+		return fmt.Errorf("store %s: %w", redactURL(a.cfg.Redis.URL), err)
 	}
 	a.guard = guard.New(a.store, guard.Options{
-		Vocabulary:   cfg.Salesforce.Values,
-		Region:       cfg.Identity.DefaultRegion,
-		Timeout:      cfg.Redis.Timeout,
-		BatchTimeout: cfg.Redis.BatchTimeout,
+		Vocabulary:   a.cfg.Salesforce.Values,
+		Region:       a.cfg.Identity.DefaultRegion,
+		Timeout:      a.cfg.Redis.Timeout,
+		BatchTimeout: a.cfg.Redis.BatchTimeout,
 		Logger:       a.log,
 		Observe:      observe,
 	})
-	return a, nil
+	return nil
 }
 
 func (a *app) close() {

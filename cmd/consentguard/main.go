@@ -54,7 +54,8 @@ commands:
   scrub         campaign list → allowed rows: -channel C -column NAME [-annotate] IN.csv
   sync          reconcile from the Salesforce REST API: [-object Contact,Lead] [-since 2026-11-01T00:00:00Z | -since 25h]
   repair-index  check the Redis identifier index against the records and repair it (after keys were
-                deleted or restored by hand, or data moved from a Cluster to a standalone Redis)
+                deleted or restored by hand, or data moved from a Cluster to a standalone Redis);
+                first upgrades data of the older schema 2 in place (stop older instances first)
   version       print the version
 
 Every command takes -config FILE (or CONSENTGUARD_CONFIG); secrets come from the environment.

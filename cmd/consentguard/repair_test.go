@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -84,5 +85,82 @@ func TestRepairIndexCommandRefusals(t *testing.T) {
 	}
 	if _, out, _ := runCmd(t, nil, "help"); !strings.Contains(out, "repair-index") {
 		t.Fatalf("help does not list repair-index:\n%s", out)
+	}
+}
+
+// TestRepairIndexCommandUpgradesSchema2: data left by the schema 2 release
+// (index keys as sets of record Ids) is refused by every other command;
+// repair-index upgrades it in place, keeping records and history, and
+// the commands answer from the upgraded index.
+func TestRepairIndexCommandUpgradesSchema2(t *testing.T) {
+	ctx := context.Background()
+	rs := redistest.Start(t)
+	rdb := rs.Client(t)
+	env := redisEnv(rs.URL())
+	export := filepath.Join(t.TempDir(), "contacts.csv")
+	os.WriteFile(export, []byte(`"ID","EMAIL","PHONE","DARF_ANGEMAILT_WERDEN__C","DARF_TELEFONISCH_KONTAKTIERT_WERDEN__C","SYSTEMMODSTAMP"
+"0035g00000ABCDe","anna@firma.de","0211 17540322","Ja","Ja","2026-11-20T08:00:00.000Z"
+"0035g00000ABCDf","bert@firma.de","0211 17540323","Nein","Ja","2026-11-20T08:00:00.000Z"
+"0035g00000ABCDg","carl@firma.de","","Ja","","2026-11-20T08:00:00.000Z"
+`), 0o600)
+	if code, out, err := runCmd(t, env, "import", export); code != 0 {
+		t.Fatalf("import: exit %d %v\n%s", code, err, out)
+	}
+	anna, err := guard.NormalizeRecordID("0035g00000ABCDe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	history, err := rdb.LRange(ctx, "cg:{"+anna+"}:h", 0, -1).Result()
+	if err != nil || len(history) == 0 {
+		t.Fatalf("history before: %v, %v", history, err)
+	}
+	// The index as schema 2 kept it, with one member that has no record.
+	keys, err := rdb.Keys(ctx, "cg:i:*").Result()
+	if err != nil || len(keys) != 5 {
+		t.Fatalf("index keys: %v, %v", keys, err)
+	}
+	for i, k := range keys {
+		ids, err := rdb.HKeys(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			ids = append(ids, "0035g00000ABCDzAAA")
+		}
+		if err := rdb.Del(ctx, k).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.SAdd(ctx, k, ids).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rdb.HSet(ctx, "cg:meta", "schema", "2").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, err := runCmd(t, env, "check", "-channel", "email", "-email", "anna@firma.de")
+	if code != 2 || err == nil || !strings.Contains(err.Error(), "consentguard repair-index") {
+		t.Fatalf("check on schema 2: exit %d %v %s; want 2 and an error naming repair-index", code, err, out)
+	}
+	code, out, err = runCmd(t, env, "repair-index")
+	if code != 0 || out != "upgraded: schema 2 → 3, 5 index keys, 5 entries (1 dropped)\nindex: 5 keys, 5 entries, 0 repaired\n" {
+		t.Fatalf("repair-index on schema 2: exit %d %v, printed %q", code, err, out)
+	}
+	if code, out, err := runCmd(t, env, "check", "-channel", "email", "-email", "anna@firma.de"); code != 0 {
+		t.Fatalf("check of anna after the upgrade: exit %d %v %s; want allowed (0)", code, err, out)
+	}
+	if code, out, err := runCmd(t, env, "check", "-channel", "phone", "-phone", "0211 17540323"); code != 0 {
+		t.Fatalf("check of bert's phone after the upgrade: exit %d %v %s; want allowed (0)", code, err, out)
+	}
+	if code, out, _ := runCmd(t, env, "check", "-channel", "email", "-email", "bert@firma.de"); code != 1 || !strings.Contains(out, "consent_denied") {
+		t.Fatalf("check of bert's email after the upgrade: exit %d %s; want denied (1)", code, out)
+	}
+	after, err := rdb.LRange(ctx, "cg:{"+anna+"}:h", 0, -1).Result()
+	if err != nil || !slices.Equal(after, history) {
+		t.Fatalf("history after the upgrade = %q, %v; want %q", after, err, history)
+	}
+	// Upgraded once: the next run only checks the index.
+	if code, out, err := runCmd(t, env, "repair-index"); code != 0 || out != "index: 5 keys, 5 entries, 0 repaired\n" {
+		t.Fatalf("second repair-index: exit %d %v, printed %q", code, err, out)
 	}
 }
