@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -136,14 +137,6 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return nil, fmt.Errorf("%s listen %s: %w", name, addr, err)
 		}
-		scheme := ""
-		if name == "http" {
-			scheme = "http://"
-			if tlsCfg != nil {
-				scheme = "https://"
-			}
-		}
-		fmt.Fprintf(stdout, "consentguard %s listening on %s%s\n", name, scheme, ln.Addr())
 		return ln, nil
 	}
 	closeAll := func() {
@@ -203,6 +196,21 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		services = append(services, service{"policy", ln, ps.Serve, ps.Shutdown})
 	}
 
+	// Announced in one write once every listener is bound, so that whoever
+	// waits for these lines (an operator, a test, a readiness script) finds
+	// them all together.
+	var announce strings.Builder
+	for _, s := range services {
+		scheme := ""
+		if s.name == "http" {
+			scheme = "http://"
+			if tlsCfg != nil {
+				scheme = "https://"
+			}
+		}
+		fmt.Fprintf(&announce, "consentguard %s listening on %s%s\n", s.name, scheme, s.ln.Addr())
+	}
+	_, _ = io.WriteString(stdout, announce.String())
 	log.Info("consentguard serving", "version", version, "store", redactURL(cfg.Redis.URL), "services", len(services))
 	eg, gctx := errgroup.WithContext(ctx)
 	for _, s := range services {
