@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -45,5 +46,23 @@ func TestInitRefusesEvictingRedis(t *testing.T) {
 		if err := cache.New(noconfig, cache.Options{HashKey: testKey}).Init(ctx); err != nil {
 			t.Fatalf("Init as a user without CONFIG, under %s: %v", tc.policy, err)
 		}
+	}
+}
+
+// On Cluster every master is asked.
+func TestInitRefusesEvictingCluster(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartCluster(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}})
+	t.Cleanup(func() { rdb.Close() })
+	if err := cache.New(rdb, cache.Options{HashKey: testKey}).Init(ctx); err != nil {
+		t.Fatalf("Init under noeviction: %v", err)
+	}
+	if err := srv.Client(t).ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := cache.New(rdb, cache.Options{HashKey: testKey}).Init(ctx)
+	if !errors.Is(err, cache.ErrEvictionPolicy) || !strings.Contains(err.Error(), srv.Addr()) {
+		t.Fatalf("Init under allkeys-lru on a Cluster: %v", err)
 	}
 }

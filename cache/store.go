@@ -173,20 +173,36 @@ var ErrEvictionPolicy = errors.New("cache: Redis may evict consent data")
 // on many managed services, or missing, as on the embedded store) it logs
 // and goes on: the operator is told to check it.
 func (s *Store) checkEviction(ctx context.Context) error {
-	v, err := s.rdb.ConfigGet(ctx, "maxmemory-policy").Result()
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		// Every master holds some of the records.
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return s.checkEvictionOn(ctx, c, c.Options().Addr)
+		})
+	}
+	return s.checkEvictionOn(ctx, s.rdb, "")
+}
+
+// checkEvictionOn is checkEviction on one server (node names it in errors
+// and logs on Cluster).
+func (s *Store) checkEvictionOn(ctx context.Context, c redis.Cmdable, node string) error {
+	v, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
 	policy, ok := v["maxmemory-policy"]
+	where := ""
+	if node != "" {
+		where = " on " + node
+	}
 	switch {
 	case err != nil && commandRefused(err):
-		s.log.Debug("cache: cannot read maxmemory-policy; it must not be allkeys-*", "reason", err.Error())
+		s.log.Debug("cache: cannot read maxmemory-policy"+where+"; it must not be allkeys-*", "reason", err.Error())
 		return nil
 	case err != nil:
-		s.log.Warn("cache: cannot read maxmemory-policy; it must not be allkeys-*", "err", err)
+		s.log.Warn("cache: cannot read maxmemory-policy"+where+"; it must not be allkeys-*", "err", err)
 		return nil
 	case !ok:
-		s.log.Warn("cache: Redis did not report maxmemory-policy; it must not be allkeys-*")
+		s.log.Warn("cache: Redis did not report maxmemory-policy" + where + "; it must not be allkeys-*")
 		return nil
 	case strings.HasPrefix(policy, "allkeys-"):
-		return fmt.Errorf("%w: maxmemory-policy is %s; set it to noeviction (see cache/README.md, Durability)", ErrEvictionPolicy, policy)
+		return fmt.Errorf("%w: maxmemory-policy is %s%s; set it to noeviction (see cache/README.md, Durability)", ErrEvictionPolicy, policy, where)
 	}
 	return nil
 }
