@@ -63,33 +63,36 @@ func ms(n ...int) []time.Duration {
 	return out
 }
 
+// fails is what the fake org answers a query with, one after another.
+type fails = []sfresttest.Failure
+
 // TestRetry: which answers to a query are repeated, how long the client
 // would wait before each attempt, and the error it gives up with.
 func TestRetry(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
-		fail        sfresttest.Failure
+		fail        fails
 		maxAttempts int
 		waits       []time.Duration
 		status      int    // of the final error, 0 for success
 		note        string // in the final error
 	}{
-		{name: "429 Retry-After seconds", fail: sfresttest.Failure{Status: 429, Message: "slow down", RetryAfter: "2", Times: 1}, waits: ms(2000)},
-		{name: "Retry-After capped", fail: sfresttest.Failure{Status: 503, Code: "SERVER_UNAVAILABLE", RetryAfter: "3600", Times: 1}, waits: ms(30000)},
-		{name: "REQUEST_LIMIT_EXCEEDED", fail: sfresttest.Failure{Status: 403, Code: "REQUEST_LIMIT_EXCEEDED", Message: "ConcurrentPerOrgLongTxn Limit exceeded.", Times: 1}, waits: ms(500)},
-		{name: "500 on a GET", fail: sfresttest.Failure{Status: 500, Code: "UNKNOWN_EXCEPTION", Times: 1}, waits: ms(500)},
-		{name: "502 503 504", fail: sfresttest.Failure{Status: 502, Times: 3}, waits: ms(500, 1000, 2000)},
-		{name: "400 not retried", fail: sfresttest.Failure{Status: 400, Code: "INVALID_FIELD", Message: "No such column", Times: 1}, status: 400},
-		{name: "403 not retried", fail: sfresttest.Failure{Status: 403, Code: "INSUFFICIENT_ACCESS", Times: 1}, status: 403},
-		{name: "404 not retried", fail: sfresttest.Failure{Status: 404, Code: "NOT_FOUND", Times: 1}, status: 404},
-		{name: "attempts exhausted", fail: sfresttest.Failure{Status: 503, Code: "SERVER_UNAVAILABLE", Message: "down for maintenance", Times: 9}, waits: ms(500, 1000, 2000, 4000), status: 503, note: "(after 5 attempts)"},
-		{name: "MaxAttempts 2", fail: sfresttest.Failure{Status: 429, Times: 9}, maxAttempts: 2, waits: ms(500), status: 429, note: "(after 2 attempts)"},
-		{name: "MaxAttempts 1", fail: sfresttest.Failure{Status: 429, Times: 9}, maxAttempts: 1, status: 429},
+		{name: "429 Retry-After seconds", fail: fails{{Status: 429, Message: "slow down", RetryAfter: "2", Times: 1}}, waits: ms(2000)},
+		{name: "Retry-After capped", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", RetryAfter: "3600", Times: 1}}, waits: ms(30000)},
+		{name: "REQUEST_LIMIT_EXCEEDED", fail: fails{{Status: 403, Code: "REQUEST_LIMIT_EXCEEDED", Message: "ConcurrentPerOrgLongTxn Limit exceeded.", Times: 1}}, waits: ms(500)},
+		{name: "500 on a GET", fail: fails{{Status: 500, Code: "UNKNOWN_EXCEPTION", Times: 1}}, waits: ms(500)},
+		{name: "502 503 504", fail: fails{{Status: 502, Times: 1}, {Status: 503, Code: "SERVER_UNAVAILABLE", Times: 1}, {Status: 504, Times: 1}}, waits: ms(500, 1000, 2000)},
+		{name: "400 not retried", fail: fails{{Status: 400, Code: "INVALID_FIELD", Message: "No such column", Times: 1}}, status: 400},
+		{name: "403 not retried", fail: fails{{Status: 403, Code: "INSUFFICIENT_ACCESS", Times: 1}}, status: 403},
+		{name: "404 not retried", fail: fails{{Status: 404, Code: "NOT_FOUND", Times: 1}}, status: 404},
+		{name: "attempts exhausted", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", Message: "down for maintenance", Times: 9}}, waits: ms(500, 1000, 2000, 4000), status: 503, note: "(after 5 attempts)"},
+		{name: "MaxAttempts 2", fail: fails{{Status: 429, Times: 9}}, maxAttempts: 2, waits: ms(500), status: 429, note: "(after 2 attempts)"},
+		{name: "MaxAttempts 1", fail: fails{{Status: 429, Times: 9}}, maxAttempts: 1, status: 429},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sf := orgWithRows(t, 1)
 			c, waits := mustRetryClient(t, sf, sfrest.Config{MaxAttempts: tc.maxAttempts})
-			sf.FailData(tc.fail)
+			sf.FailData(tc.fail...)
 			status, note := tc.status, tc.note
 			rows, err := countRows(context.Background(), c)
 			if got := waits(); !slices.Equal(got, tc.waits) {
@@ -99,15 +102,23 @@ func TestRetry(t *testing.T) {
 			if got := len(sf.APIVersions()); got != attempts {
 				t.Errorf("%d data requests, want %d", got, attempts)
 			}
+			failed := attempts // all of them, or all but the last, which succeeds
+			if status == 0 {
+				failed--
+			}
+			if got := sf.Failed(); got != failed {
+				t.Errorf("%d failures answered, want %d", got, failed)
+			}
 			if status == 0 {
 				if err != nil || rows != 1 {
 					t.Fatalf("rows %d, err %v", rows, err)
 				}
 				return
 			}
+			code := tc.fail[len(tc.fail)-1].Code
 			var ae *sfrest.APIError
-			if !errors.As(err, &ae) || ae.Status != status || ae.Code != tc.fail.Code {
-				t.Fatalf("err = %v, want an *APIError with HTTP %d %s", err, status, tc.fail.Code)
+			if !errors.As(err, &ae) || ae.Status != status || ae.Code != code {
+				t.Fatalf("err = %v, want an *APIError with HTTP %d %s", err, status, code)
 			}
 			if note != "" && !strings.Contains(err.Error(), note) {
 				t.Errorf("err = %v, does not say %s", err, note)

@@ -3,10 +3,11 @@
 // endpoint (client credentials flow) on a "My Domain" server, and the REST
 // API Query and QueryAll resources with nextRecordsUrl paging on a separate
 // instance server named by the token's instance_url. Either can be told to
-// fail a number of requests, with a Retry-After header if wanted, as an org
-// does under load or over its API limit. It understands only
-// the SOQL that package sfrest writes and answers anything else with
-// MALFORMED_QUERY, so that tests notice a changed query.
+// fail a number of requests, with one answer after another and a
+// Retry-After header if wanted, as an org does under load or over its API
+// limit. It understands only the SOQL that package sfrest writes and
+// answers anything else with MALFORMED_QUERY, so that tests notice a
+// changed query.
 package sfresttest
 
 import (
@@ -40,9 +41,9 @@ type Server struct {
 	tokens    map[string]bool
 	cursors   map[string][]map[string]any
 	nCursor   int
-	expireIn  int // data requests until sessions expire; 0 = never
-	failData  Failure
-	failToken Failure
+	expireIn  int       // data requests until sessions expire; 0 = never
+	failData  []Failure // answered in turn
+	failToken []Failure
 	nFailed   int      // injected failures answered
 	queries   []string // SOQL text per first-page request, resource prefixed
 	versions  []string
@@ -66,13 +67,17 @@ type Failure struct {
 	Times int
 }
 
-// take returns the failure to answer with, if any, and counts it down.
-func (f *Failure) take() (Failure, bool) {
-	if f.Times <= 0 {
+// take returns the failure to answer with, if any, and counts it down;
+// the next one takes over when its Times are used up.
+func take(fs *[]Failure) (Failure, bool) {
+	for len(*fs) > 0 && (*fs)[0].Times <= 0 {
+		*fs = (*fs)[1:]
+	}
+	if len(*fs) == 0 {
 		return Failure{}, false
 	}
-	f.Times--
-	return *f, true
+	(*fs)[0].Times--
+	return (*fs)[0], true
 }
 
 func (f Failure) write(w http.ResponseWriter, body any) {
@@ -159,20 +164,22 @@ func (s *Server) FailNext(status int, code, msg string) {
 
 // FailData makes the next f.Times data requests that carry a valid token
 // answer f.Status with [{"message","errorCode"}] (a request with an expired
-// token still gets 401 first). It replaces an earlier FailData.
-func (s *Server) FailData(f Failure) {
+// token still gets 401 first); with more than one Failure, the requests
+// after those get the next one, and so on. It replaces an earlier FailData.
+func (s *Server) FailData(fs ...Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failData = f
+	s.failData = slices.Clone(fs)
 }
 
 // FailToken makes the next f.Times token requests answer f.Status with
-// {"error","error_description"}, before the credentials are looked at. It
+// {"error","error_description"}, before the credentials are looked at;
+// more than one Failure are answered in turn, as with FailData. It
 // replaces an earlier FailToken.
-func (s *Server) FailToken(f Failure) {
+func (s *Server) FailToken(fs ...Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failToken = f
+	s.failToken = slices.Clone(fs)
 }
 
 // Failed counts the injected failures (FailNext, FailData, FailToken)
@@ -237,7 +244,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	f, fail := s.failToken.take()
+	f, fail := take(&s.failToken)
 	if fail {
 		s.nFailed++
 	}
@@ -301,7 +308,7 @@ func (s *Server) serveData(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, []restError{{"Session expired or invalid", "INVALID_SESSION_ID"}})
 		return
 	}
-	if f, ok := s.failData.take(); ok {
+	if f, ok := take(&s.failData); ok {
 		s.nFailed++
 		f.write(w, []restError{{f.Message, f.Code}})
 		return
