@@ -47,8 +47,9 @@ const (
 )
 
 // Backoff between attempts: full jitter, a random wait between zero and
-// retryBase·2^(n-1) after the nth attempt, never more than maxRetryWait; a
-// Retry-After header replaces the random wait and is cut to maxRetryWait.
+// retryBase·2^(n-1) after the nth attempt, never more than maxRetryWait. A
+// Retry-After header replaces the random wait; one longer than maxRetryWait
+// is not shortened: the client gives up at once instead.
 const (
 	retryBase    = 500 * time.Millisecond
 	maxRetryWait = 30 * time.Second
@@ -393,16 +394,33 @@ func (c *Client) get(ctx context.Context, op, pathAndQuery string) ([]byte, erro
 // again decides after the nth attempt of op failed with err whether to try
 // once more. If so, it logs, waits and returns nil; otherwise it returns
 // the error to give up with: err itself, noting the number of attempts
-// when there was more than one, or, when ctx ends during the wait, err
-// joined with ctx's error (errors.Is and errors.As find both).
+// when there was more than one, and the wait Salesforce asked for when its
+// Retry-After is longer than maxRetryWait; or, when ctx ends during the
+// wait, err joined with ctx's error (errors.Is and errors.As find both).
 func (c *Client) again(ctx context.Context, op string, n int, idempotent bool, a answer, err error) error {
-	if !retryable(ctx, idempotent, err) || n >= c.maxAttempts {
-		if n > 1 {
-			return fmt.Errorf("%w (after %d attempts)", err, n)
-		}
-		return err
+	retry := retryable(ctx, idempotent, err)
+	var attempts string
+	if n > 1 {
+		attempts = fmt.Sprintf(" (after %d attempts)", n)
 	}
-	d := c.backoff(n, a.retryAfter)
+	d, asked := parseRetryAfter(a.retryAfter, time.Now())
+	if retry && asked && d > maxRetryWait {
+		// Trying again sooner than asked is futile (the 24-hour API
+		// request limit, say), and a sync should not hang for that long:
+		// give up now and say when Salesforce expects the next try.
+		secs := int64((d + time.Second - 1) / time.Second)
+		return fmt.Errorf("%w%s; Salesforce asks to wait %d s before retrying (more than the %d s this client waits); run sync again later",
+			err, attempts, secs, int64(maxRetryWait/time.Second))
+	}
+	if !retry || n >= c.maxAttempts {
+		if attempts == "" {
+			return err
+		}
+		return fmt.Errorf("%w%s", err, attempts)
+	}
+	if !asked {
+		d = c.backoff(n)
+	}
 	args := []any{"op", op, "attempt", n, "max_attempts", c.maxAttempts, "wait", d}
 	if e, ok := errors.AsType[*APIError](err); ok {
 		args = append(args, "status", e.Status, "code", e.Code)
@@ -463,13 +481,10 @@ func retryable(ctx context.Context, idempotent bool, err error) bool {
 	return ok && ne.Timeout()
 }
 
-// backoff is the wait after the nth failed attempt: the Retry-After
-// header's when it has one, else full jitter up to retryBase·2^(n-1); never
-// more than maxRetryWait.
-func (c *Client) backoff(n int, retryAfter string) time.Duration {
-	if d, ok := parseRetryAfter(retryAfter, time.Now()); ok {
-		return min(d, maxRetryWait)
-	}
+// backoff is the wait after the nth failed attempt when Salesforce sent no
+// Retry-After: full jitter up to retryBase·2^(n-1), never more than
+// maxRetryWait.
+func (c *Client) backoff(n int) time.Duration {
 	ceil := maxRetryWait
 	if n <= 16 {
 		ceil = min(retryBase<<(n-1), maxRetryWait)

@@ -69,6 +69,7 @@ type fails = []sfresttest.Failure
 // TestRetry: which answers to a query are repeated, how long the client
 // would wait before each attempt, and the error it gives up with.
 func TestRetry(t *testing.T) {
+	inAnHour := time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)
 	for _, tc := range []struct {
 		name        string
 		fail        fails
@@ -78,11 +79,19 @@ func TestRetry(t *testing.T) {
 		note        string // in the final error
 	}{
 		{name: "429 Retry-After seconds", fail: fails{{Status: 429, Message: "slow down", RetryAfter: "2", Times: 1}}, waits: ms(2000)},
-		{name: "Retry-After capped", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", RetryAfter: "3600", Times: 1}}, waits: ms(30000)},
+		{name: "Retry-After at the cap", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", RetryAfter: "30", Times: 1}}, waits: ms(30000)},
+		{name: "Retry-After beyond the cap gives up at once, without sleeping", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", RetryAfter: "3600", Times: 1}}, status: 503,
+			note: "; Salesforce asks to wait 3600 s before retrying (more than the 30 s this client waits); run sync again later"},
+		{name: "Retry-After date beyond the cap", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", RetryAfter: inAnHour, Times: 1}}, status: 503,
+			note: " s before retrying (more than the 30 s this client waits)"},
+		{name: "Retry-After beyond the cap after a retry", fail: fails{{Status: 503, Times: 1}, {Status: 403, Code: "REQUEST_LIMIT_EXCEEDED", Message: "TotalRequests Limit exceeded.", RetryAfter: "86400", Times: 9}}, waits: ms(500), status: 403,
+			note: "(after 2 attempts); Salesforce asks to wait 86400 s before retrying"},
+		{name: "Retry-After beyond the cap with MaxAttempts 1", fail: fails{{Status: 429, RetryAfter: "120", Times: 9}}, maxAttempts: 1, status: 429, note: "Salesforce asks to wait 120 s"},
 		{name: "REQUEST_LIMIT_EXCEEDED", fail: fails{{Status: 403, Code: "REQUEST_LIMIT_EXCEEDED", Message: "ConcurrentPerOrgLongTxn Limit exceeded.", Times: 1}}, waits: ms(500)},
 		{name: "500 on a GET", fail: fails{{Status: 500, Code: "UNKNOWN_EXCEPTION", Times: 1}}, waits: ms(500)},
 		{name: "502 503 504", fail: fails{{Status: 502, Times: 1}, {Status: 503, Code: "SERVER_UNAVAILABLE", Times: 1}, {Status: 504, Times: 1}}, waits: ms(500, 1000, 2000)},
 		{name: "400 not retried", fail: fails{{Status: 400, Code: "INVALID_FIELD", Message: "No such column", Times: 1}}, status: 400},
+		{name: "400 with Retry-After not retried", fail: fails{{Status: 400, Code: "INVALID_FIELD", RetryAfter: "3600", Times: 1}}, status: 400},
 		{name: "403 not retried", fail: fails{{Status: 403, Code: "INSUFFICIENT_ACCESS", Times: 1}}, status: 403},
 		{name: "404 not retried", fail: fails{{Status: 404, Code: "NOT_FOUND", Times: 1}}, status: 404},
 		{name: "attempts exhausted", fail: fails{{Status: 503, Code: "SERVER_UNAVAILABLE", Message: "down for maintenance", Times: 9}}, waits: ms(500, 1000, 2000, 4000), status: 503, note: "(after 5 attempts)"},
@@ -123,8 +132,8 @@ func TestRetry(t *testing.T) {
 			if note != "" && !strings.Contains(err.Error(), note) {
 				t.Errorf("err = %v, does not say %s", err, note)
 			}
-			if note == "" && strings.Contains(err.Error(), "attempts") {
-				t.Errorf("err = %v, names attempts after one", err)
+			if note == "" && (strings.Contains(err.Error(), "attempts") || strings.Contains(err.Error(), "asks to wait")) {
+				t.Errorf("err = %v, names attempts after one or a wait", err)
 			}
 		})
 	}
@@ -178,7 +187,8 @@ func TestRetryQueryMorePage(t *testing.T) {
 }
 
 // TestRetryToken: the token request is repeated on 503 (after Retry-After)
-// but not on 500, and a rate limit is not reported as refused credentials.
+// but not on 500 nor when Retry-After is beyond the cap, and a rate limit is
+// not reported as refused credentials.
 func TestRetryToken(t *testing.T) {
 	t.Run("503 then success", func(t *testing.T) {
 		sf := orgWithRows(t, 1)
@@ -226,6 +236,22 @@ func TestRetryToken(t *testing.T) {
 		}
 		if got := waits(); !slices.Equal(got, ms(500, 1000)) {
 			t.Errorf("waits %v", got)
+		}
+	})
+	t.Run("Retry-After beyond the cap", func(t *testing.T) {
+		sf := orgWithRows(t, 1)
+		c, waits := mustRetryClient(t, sf, sfrest.Config{})
+		sf.FailToken(sfresttest.Failure{Status: 429, Code: "rate_limited", RetryAfter: "3600", Times: 9})
+		_, err := countRows(context.Background(), c)
+		var ae *sfrest.APIError
+		if !errors.As(err, &ae) || ae.Op != "token" || ae.Status != 429 || !strings.Contains(err.Error(), "Salesforce asks to wait 3600 s") {
+			t.Fatalf("err = %v", err)
+		}
+		if errors.Is(err, sfrest.ErrAuth) {
+			t.Errorf("rate limit reported as ErrAuth: %v", err)
+		}
+		if len(waits()) != 0 || sf.Failed() != 1 || strings.Contains(err.Error(), "attempts") {
+			t.Errorf("err = %v, waits %v, %d failed requests; want one request, no wait", err, waits(), sf.Failed())
 		}
 	})
 	t.Run("wrong secret not retried", func(t *testing.T) {
