@@ -13,8 +13,8 @@
 // Cluster the index lies in other slots and is written after the script;
 // there every lookup verifies the entry against the record, so a crash
 // between the two writes cannot grant consent. RepairIndex checks the whole
-// index against the records, for keys deleted or restored behind the
-// store's back. Upgrade converts data of the previous schema (2, whose
+// index against the records, then every live record against the index,
+// for keys deleted or restored behind the store's back. Upgrade converts data of the previous schema (2, whose
 // index keys were sets) in place.
 //
 // README.md in this directory documents the key layout, the Lua rules and

@@ -8,19 +8,27 @@ import (
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/consentguard/consentguard/guard"
 )
 
-// IndexReport counts what RepairIndex did.
+// IndexReport counts what RepairIndex did: Keys, Entries and Repaired in
+// its first pass over the index keys, Records and Added in its second pass
+// over the records.
 type IndexReport struct {
 	Keys     int // index keys scanned
 	Entries  int // entries seen in them
 	Repaired int // entries changed (a stale line replaced) or removed
+	Records  int // record keys scanned, tombstones included
+	Added    int // entries written for a live record: missing, or outside Cluster holding another value than its line
 }
 
 func (r *IndexReport) add(o IndexReport) {
 	r.Keys += o.Keys
 	r.Entries += o.Entries
 	r.Repaired += o.Repaired
+	r.Records += o.Records
+	r.Added += o.Added
 }
 
 // RepairIndex SCANs with COUNT repairScanCount and repairs the keys of a
@@ -32,33 +40,50 @@ const (
 	repairBatch     = 250
 )
 
-// RepairIndex checks every identifier index key under the store's prefix
-// against the records it names and repairs it: an entry whose record is
-// gone, is a tombstone or no longer carries the identifier is removed, and
-// outside Cluster an entry whose value is not its record's current lookup
-// line gets that line. It is for index entries the store did not leave
-// behind itself: record keys deleted or restored by hand, or an index
-// written by a Cluster client and moved to a standalone Redis (empty
-// values). It does not add entries that are missing; the next write of the
-// record does (a redelivery, consentguard sync).
+// RepairIndex makes the identifier index under the store's prefix agree
+// with the records, in two passes. It is for index entries the store did
+// not leave behind itself: record or index keys deleted or restored by
+// hand, entries lost under schema 2 (Upgrade carries the index over as it
+// was), or an index written by a Cluster client and moved to a standalone
+// Redis (empty values).
 //
-// Outside Cluster it SCANs the index keys and runs the repair script once
-// per key, in pipelines of up to repairBatch keys; each key is repaired
-// atomically, so it is safe while the store serves. On Cluster it scans
-// every master, reads each index key (HKEYS) and the lookup line of every
-// record named, and removes the entries whose record does not carry the
-// identifier, re-checking them as a write does (unindex); the empty values
-// are left as they are.
+// The key pass checks every index key against the records it names: an
+// entry whose record is gone, is a tombstone or no longer carries the
+// identifier is removed, and outside Cluster an entry whose value is not
+// its record's current lookup line gets that line (Repaired). Outside
+// Cluster it runs the repair script once per key, in pipelines of up to
+// repairBatch keys. On Cluster it reads each index key (HKEYS) and the
+// lookup line of every record named, and removes the entries whose record
+// does not carry the identifier, re-checking them as a write does
+// (unindex); the empty values are left as they are.
 //
-// SCAN may return a key twice (while Redis resizes its table), which is
-// then counted twice; repairing it again changes nothing. On an error,
-// including the end of ctx, it returns what it counted so far.
+// The record pass then gives every live record an entry under each hash
+// its lookup line lists (Added). An entry missing there would leave the
+// identifier to the other records that carry it: a lookup would answer
+// with those alone, and the missing record's consent, a refusal included,
+// would count for nothing. Outside Cluster one script per record writes its line into
+// each entry that is missing or holds another value (reindexScript), in
+// pipelines of up to repairBatch records. On Cluster it reads the records'
+// lines and adds an empty entry where none is (HSETNX), leaving existing
+// entries alone.
+//
+// Both passes SCAN every master of a Cluster. Each key and each record is
+// repaired atomically, so RepairIndex is safe while the store serves. SCAN
+// may return a key twice (while Redis resizes its table), which is then
+// counted twice; repairing it again changes nothing. On an error,
+// including the end of ctx, it returns what it counted so far; the record
+// pass does not run after an error in the key pass.
 func (s *Store) RepairIndex(ctx context.Context) (IndexReport, error) {
 	var rep IndexReport
 	if s.err != nil {
 		return rep, s.err
 	}
 	var mu sync.Mutex
+	count := func(r IndexReport) {
+		mu.Lock()
+		rep.add(r)
+		mu.Unlock()
+	}
 	err := s.forEachNode(ctx, func(ctx context.Context, node redis.Cmdable) error {
 		return s.scanIndex(ctx, node, func(hashes []string) error {
 			var r IndexReport
@@ -68,14 +93,28 @@ func (s *Store) RepairIndex(ctx context.Context) (IndexReport, error) {
 			} else {
 				r, err = s.runRepair(ctx, hashes)
 			}
-			mu.Lock()
-			rep.add(r)
-			mu.Unlock()
+			count(r)
 			return err
 		})
 	})
 	if err != nil {
 		return rep, fmt.Errorf("cache: repair index: %w", err)
+	}
+	err = s.forEachNode(ctx, func(ctx context.Context, node redis.Cmdable) error {
+		return s.scanRecords(ctx, node, func(ids []string) error {
+			var r IndexReport
+			var err error
+			if s.cluster {
+				r, err = s.reindexCluster(ctx, ids)
+			} else {
+				r, err = s.reindexDirect(ctx, ids)
+			}
+			count(r)
+			return err
+		})
+	})
+	if err != nil {
+		return rep, fmt.Errorf("cache: repair index: records: %w", err)
 	}
 	return rep, nil
 }
@@ -110,7 +149,37 @@ func (s *Store) forEachNode(ctx context.Context, fn func(ctx context.Context, no
 // hash (64 lower-case hex digits) are skipped: this store never writes them.
 func (s *Store) scanIndex(ctx context.Context, node redis.Cmdable, batch func(hashes []string) error) error {
 	ip := s.prefix + "i:"
-	match := globEscape(ip) + "*"
+	return scanKeys(ctx, node, globEscape(ip)+"*", func(k string) (string, bool) {
+		h, ok := strings.CutPrefix(k, ip)
+		return h, ok && isIDHash(h)
+	}, batch)
+}
+
+// scanRecords SCANs node for the store's record keys, prefix+"{<Id>}:r",
+// and hands the Ids of each page to batch. Braces are literal in a Redis
+// glob (and the prefix holds none), so only the prefix needs escaping.
+// Keys whose Id is not a normalised 18-character Salesforce Id are
+// skipped: this store never writes them.
+func (s *Store) scanRecords(ctx context.Context, node redis.Cmdable, batch func(ids []string) error) error {
+	rp := s.prefix + "{"
+	return scanKeys(ctx, node, globEscape(rp)+"*}:r", func(k string) (string, bool) {
+		id, ok := strings.CutPrefix(k, rp)
+		if !ok {
+			return "", false
+		}
+		id, ok = strings.CutSuffix(id, "}:r")
+		if !ok || len(id) != 18 {
+			return "", false
+		}
+		n, err := guard.NormalizeRecordID(id)
+		return id, err == nil && n == id
+	}, batch)
+}
+
+// scanKeys SCANs node with MATCH match and COUNT repairScanCount, and hands
+// what name makes of each page's keys (those it accepts) to batch, at most
+// repairBatch at a time. It checks ctx before every page.
+func scanKeys(ctx context.Context, node redis.Cmdable, match string, name func(key string) (string, bool), batch func(names []string) error) error {
 	var cursor uint64
 	for {
 		if err := ctx.Err(); err != nil {
@@ -120,18 +189,18 @@ func (s *Store) scanIndex(ctx context.Context, node redis.Cmdable, batch func(ha
 		if err != nil {
 			return err
 		}
-		hashes := keys[:0]
+		names := keys[:0]
 		for _, k := range keys {
-			if h, ok := strings.CutPrefix(k, ip); ok && isIDHash(h) {
-				hashes = append(hashes, h)
+			if n, ok := name(k); ok {
+				names = append(names, n)
 			}
 		}
-		for len(hashes) > 0 {
-			n := min(len(hashes), repairBatch)
-			if err := batch(hashes[:n]); err != nil {
+		for len(names) > 0 {
+			n := min(len(names), repairBatch)
+			if err := batch(names[:n]); err != nil {
 				return err
 			}
-			hashes = hashes[n:]
+			names = names[n:]
 		}
 		if next == 0 {
 			return nil
@@ -177,7 +246,7 @@ func isIDHash(h string) bool {
 func (s *Store) runRepair(ctx context.Context, hashes []string) (IndexReport, error) {
 	var rep IndexReport
 	var first error
-	for _, cmd := range s.evalEach(ctx, repairScript, hashes, func(h string) []any { return []any{s.prefix, h} }) {
+	for _, cmd := range s.evalEach(ctx, repairScript, s.indexKey, hashes, func(h string) []any { return []any{s.prefix, h} }) {
 		v, err := cmd.Int64Slice()
 		if err == nil && len(v) != 2 {
 			err = errors.New("unexpected repair script reply")
@@ -193,16 +262,16 @@ func (s *Store) runRepair(ctx context.Context, hashes []string) (IndexReport, er
 	return rep, first
 }
 
-// evalEach runs sc once on the index key of each hash, with the arguments
-// args gives for it, all in one pipeline (EVALSHA); calls answered
-// NOSCRIPT (a restarted or flushed Redis) go again with EVAL in a second
-// one. It returns the commands, in order, for the caller to read each
-// reply and error.
-func (s *Store) evalEach(ctx context.Context, sc *redis.Script, hashes []string, args func(h string) []any) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(hashes))
+// evalEach runs sc once for each name (an identifier hash, a record Id),
+// on the one key key makes of it and with the arguments args gives for it,
+// all in one pipeline (EVALSHA); calls answered NOSCRIPT (a restarted or
+// flushed Redis) go again with EVAL in a second one. It returns the
+// commands, in order, for the caller to read each reply and error.
+func (s *Store) evalEach(ctx context.Context, sc *redis.Script, key func(name string) string, names []string, args func(name string) []any) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(names))
 	pipe := s.rdb.Pipeline()
-	for i, h := range hashes {
-		cmds[i] = sc.EvalSha(ctx, pipe, []string{s.indexKey(h)}, args(h)...)
+	for i, n := range names {
+		cmds[i] = sc.EvalSha(ctx, pipe, []string{key(n)}, args(n)...)
 	}
 	_, _ = pipe.Exec(ctx) // errors are inspected per command
 	var retry []int
@@ -214,7 +283,7 @@ func (s *Store) evalEach(ctx context.Context, sc *redis.Script, hashes []string,
 	if len(retry) > 0 {
 		pipe := s.rdb.Pipeline()
 		for _, i := range retry {
-			cmds[i] = sc.Eval(ctx, pipe, []string{s.indexKey(hashes[i])}, args(hashes[i])...)
+			cmds[i] = sc.Eval(ctx, pipe, []string{key(names[i])}, args(names[i])...)
 		}
 		_, _ = pipe.Exec(ctx)
 	}
@@ -258,4 +327,72 @@ func (s *Store) repairCluster(ctx context.Context, hashes []string) (IndexReport
 	}
 	rep.Repaired = len(stale)
 	return rep, nil
+}
+
+// reindexDirect runs reindexScript on the record of each Id, in one
+// pipeline (evalEach): outside Cluster, every entry of a live record that
+// is missing or holds another value than its lookup line gets the line.
+func (s *Store) reindexDirect(ctx context.Context, ids []string) (IndexReport, error) {
+	var rep IndexReport
+	var first error
+	ip := s.prefix + "i:"
+	for _, cmd := range s.evalEach(ctx, reindexScript, s.recordKey, ids, func(id string) []any { return []any{ip, id} }) {
+		n, err := cmd.Int64()
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		rep.add(IndexReport{Records: 1, Added: int(n)})
+	}
+	return rep, first
+}
+
+// reindexCluster reads the lookup line of the record of each Id (one
+// pipeline) and, in a second, adds an entry with an empty value under
+// every hash a live record's line lists where the record has none
+// (HSETNX: an existing entry is left as it is). A record that changes in
+// between may leave an entry its record no longer backs: a hint, like
+// every Cluster entry, which lookups check and remove.
+func (s *Store) reindexCluster(ctx context.Context, ids []string) (IndexReport, error) {
+	var rep IndexReport
+	lines := make([]*redis.StringCmd, len(ids))
+	pipe := s.rdb.Pipeline()
+	for i, id := range ids {
+		lines[i] = pipe.HGet(ctx, s.recordKey(id), "l")
+	}
+	_, _ = pipe.Exec(ctx)
+	var adds []*redis.BoolCmd
+	for i, id := range ids {
+		if err := cmdErr(nil, lines[i]); err != nil {
+			return rep, err
+		}
+		first, _, ok := strings.Cut(lines[i].Val(), "\x00")
+		if !ok {
+			continue // a tombstone (no line) or no record any more
+		}
+		for h := range strings.FieldsSeq(first) {
+			if isIDHash(h) {
+				adds = append(adds, pipe.HSetNX(ctx, s.indexKey(h), id, ""))
+			}
+		}
+	}
+	rep.Records = len(ids)
+	if len(adds) == 0 {
+		return rep, nil
+	}
+	_, _ = pipe.Exec(ctx)
+	var first error
+	for _, c := range adds {
+		switch err := c.Err(); {
+		case err != nil:
+			if first == nil {
+				first = err
+			}
+		case c.Val():
+			rep.Added++
+		}
+	}
+	return rep, first
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,7 +138,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 			}
 			wantIDs(t, lookupIDs(t, st, shared), x, y)
 		}
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 4, Entries: 5, Repaired: 2})
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 4, Entries: 5, Repaired: 2, Records: 2})
 		wantIDs(t, lookupIDs(t, st, a))
 		wantIDs(t, lookupIDs(t, st, shared), y)
 		wantIDs(t, lookupIDs(t, st, bb), y)
@@ -145,7 +147,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 			t.Fatalf("index key of the deleted record's own identifier left: %d, %v", n, err)
 		}
 		// Once repaired, a second run finds nothing to do.
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 3, Entries: 3})
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 3, Entries: 3, Records: 2})
 	})
 
 	t.Run("TombstoneAndMovedEntriesAreRemoved", func(t *testing.T) {
@@ -164,7 +166,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 				t.Fatal(err)
 			}
 		}
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 2, Entries: 3, Repaired: 2})
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 2, Entries: 3, Repaired: 2, Records: 2})
 		wantIDs(t, lookupIDs(t, st, old))
 		wantIDs(t, lookupIDs(t, st, now), moved)
 	})
@@ -192,7 +194,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 		if res, err := st.Lookup(ctx, []guard.Identifier{a}); err != nil || len(res[0]) != 1 || res[0][0].Consent[guard.Email] != "Ja" {
 			t.Fatalf("lookup before repair = %+v, %v; want the restored line's Ja (direct path)", res, err)
 		}
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 1, Repaired: 1})
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 1, Repaired: 1, Records: 1})
 		if res, err := st.Lookup(ctx, []guard.Identifier{a}); err != nil || len(res[0]) != 1 || res[0][0].Consent[guard.Email] != "Nein" {
 			t.Fatalf("lookup after repair = %+v, %v; want Nein", res, err)
 		}
@@ -215,18 +217,52 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 			t.Fatal(err)
 		}
 		if b.path == "cluster" {
-			wantReport(t, rep, cache.IndexReport{Keys: 1, Entries: 1})
+			wantReport(t, rep, cache.IndexReport{Keys: 1, Entries: 1, Records: 1})
 			if val != "" {
 				t.Fatalf("Cluster repair wrote value %q", val)
 			}
 		} else {
-			wantReport(t, rep, cache.IndexReport{Keys: 1, Entries: 1, Repaired: 1})
+			wantReport(t, rep, cache.IndexReport{Keys: 1, Entries: 1, Repaired: 1, Records: 1})
 			line, err := b.rdb.HGet(ctx, "cg:{"+id+"}:r", "l").Result()
 			if err != nil || val != line {
 				t.Fatalf("entry after repair = %q, record line %q (%v)", val, line, err)
 			}
 		}
 		wantIDs(t, lookupIDs(t, st, a), id)
+	})
+
+	t.Run("MissingEntriesAreAdded", func(t *testing.T) {
+		// X (Ja) and Y (Nein) share info@. Y's entry there is lost: the
+		// index key restored from a backup taken before Y carried the
+		// address, or an entry lost under schema 2 that Upgrade carried
+		// over. No index key names Y for info@, so the key pass cannot see
+		// it, and a lookup answers with X alone: the address is allowed
+		// although Y refused. Y's own phone lost its index key entirely.
+		b := newBackend(t)
+		st := b.store(t, cache.Options{})
+		g := guard.New(st, guard.Options{})
+		x, y := rid(t, 60), rid(t, 61)
+		a, info, ph := email(t, "x@firma.de"), email(t, "info@firma.de"), phone(t, "+49 30 901820")
+		mustApply(t, st, upd(x, v(1), c4("Ja", "", "", ""), a, info), upd(y, v(1), c4("Nein", "", "", ""), info, ph))
+		if err := b.rdb.HDel(ctx, "cg:i:"+idHash(testKey, info), y).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.rdb.Del(ctx, "cg:i:"+idHash(testKey, ph)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		wantIDs(t, lookupIDs(t, st, info), x)
+		if d, err := g.Check(ctx, guard.Email, info); err != nil || !d.Allowed {
+			t.Fatalf("decision before repair = %+v, %v; want X's Ja alone to allow (the fault repaired here)", d, err)
+		}
+		wantIDs(t, lookupIDs(t, st, ph))
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 2, Entries: 2, Records: 2, Added: 2})
+		wantIDs(t, lookupIDs(t, st, info), x, y)
+		if d, err := g.Check(ctx, guard.Email, info); err != nil || d.Allowed || d.Reason != guard.ReasonDenied {
+			t.Fatalf("decision after repair = %+v, %v; want Y's Nein to deny", d, err)
+		}
+		wantIDs(t, lookupIDs(t, st, ph), y)
+		// Repaired once: a second run finds nothing to do.
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 3, Entries: 4, Records: 2})
 	})
 
 	t.Run("HealthyIndexIsLeftAlone", func(t *testing.T) {
@@ -251,7 +287,17 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 				t.Fatal(err)
 			}
 		}
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: len(before), Entries: entryCount(before), Repaired: 0})
+		changes := -1
+		if !b.embedded {
+			changes = dataChanges(t, b.rdb)
+		}
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: len(before), Entries: entryCount(before), Records: 40})
+		if !b.embedded {
+			// Neither pass wrote anything, not even an equal value.
+			if n := dataChanges(t, b.rdb); n != changes {
+				t.Fatalf("RepairIndex of a healthy index made %d changes", n-changes)
+			}
+		}
 		for _, k := range junk { // one by one: on Cluster they lie in different slots
 			if err := b.rdb.Del(ctx, k).Err(); err != nil {
 				t.Fatal(err)
@@ -270,7 +316,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 		records := 2500
 		switch {
 		case b.embedded:
-			records = 300 // one SCAN page (miniredis ignores COUNT), three pipelines
+			records = 260 // one SCAN page (miniredis ignores COUNT), pipelines of 250: three of index keys, two of records
 		case b.path == "direct":
 			records = 10000
 		}
@@ -300,26 +346,39 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 				want++
 			}
 		}
+		// Every 600th record's phone index key lost (the record pass adds
+		// the entry back).
+		lost := 0
+		for n := 3; n < records; n += 600 {
+			if err := b.rdb.Del(ctx, "cg:i:"+idHash(testKey, phone(t, fmt.Sprintf("+4930%07d", n)))).Err(); err != nil {
+				t.Fatal(err)
+			}
+			lost++
+		}
+		live := records - (records+499)/500
 		if !b.embedded {
 			resetStats(t, b.rdb)
 		}
 		start := time.Now()
 		rep := mustRepair(t, st)
 		took := time.Since(start)
-		t.Logf("RepairIndex (%s) over %d index keys, %d entries: %v (%d repaired)", b.path, rep.Keys, rep.Entries, took, rep.Repaired)
+		t.Logf("RepairIndex (%s) over %d index keys, %d entries, %d records: %v (%d repaired, %d added)", b.path, rep.Keys, rep.Entries, rep.Records, took, rep.Repaired, rep.Added)
 		// SCAN may return a key twice while Redis resizes its table.
-		if rep.Keys < 2*records || rep.Entries < 2*records || rep.Repaired != want {
-			t.Fatalf("RepairIndex = %+v, want %d keys and entries, %d repaired", rep, 2*records, want)
+		if rep.Keys < 2*records-lost || rep.Entries < 2*records-lost || rep.Repaired != want || rep.Records < live || rep.Added != lost {
+			t.Fatalf("RepairIndex = %+v, want %d keys and entries, %d repaired, %d records, %d added", rep, 2*records-lost, want, live, lost)
 		}
 		if !b.embedded {
-			if n := commandCalls(t, b.rdb, "scan"); n < 2*records/1000 {
-				t.Fatalf("%d SCAN calls for %d keys", n, 2*records)
+			// Each pass SCANs the whole keyspace: index, record and
+			// history keys, twice the index keys.
+			if n := commandCalls(t, b.rdb, "scan"); n < 2*(4*records)/2000 {
+				t.Fatalf("%d SCAN calls for two passes over %d keys", n, 4*records)
 			}
 		}
 		wantIDs(t, lookupIDs(t, st, email(t, "k0@firma.de")))
 		wantIDs(t, lookupIDs(t, st, phone(t, fmt.Sprintf("+4930%07d", 0))))
 		wantIDs(t, lookupIDs(t, st, email(t, "k1@firma.de")), rid(t, 10001))
 		wantIDs(t, lookupIDs(t, st, email(t, "k2@firma.de")), rid(t, 10002))
+		wantIDs(t, lookupIDs(t, st, phone(t, fmt.Sprintf("+4930%07d", 3))), rid(t, 10003))
 	})
 
 	t.Run("PrefixWithGlobCharactersTouchesOnlyItsOwnKeys", func(t *testing.T) {
@@ -346,11 +405,11 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 				if len(neighbourIndex) != 2 {
 					t.Fatalf("neighbour index = %v", neighbourIndex)
 				}
-				wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 1})
+				wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 1, Records: 1})
 				if got := indexSnapshot(t, b.rdb, tc.neighbour); !maps.EqualFunc(neighbourIndex, got, maps.Equal) {
 					t.Fatalf("repair under %q changed the index under %q", tc.prefix, tc.neighbour)
 				}
-				wantReport(t, mustRepair(t, nb), cache.IndexReport{Keys: 2, Entries: 2, Repaired: 1})
+				wantReport(t, mustRepair(t, nb), cache.IndexReport{Keys: 2, Entries: 2, Repaired: 1, Records: 1})
 				wantIDs(t, lookupIDs(t, st, a), rid(t, 1))
 				wantIDs(t, lookupIDs(t, nb, a), rid(t, 1))
 				wantIDs(t, lookupIDs(t, nb, o))
@@ -369,7 +428,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 		if err := b.rdb.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 2, Repaired: 1})
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: 1, Entries: 2, Repaired: 1, Records: 1})
 		wantIDs(t, lookupIDs(t, st, a), id)
 	})
 
@@ -392,4 +451,21 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 			t.Fatalf("RepairIndex with a short key: %v", err)
 		}
 	})
+}
+
+// dataChanges is the number of changes Redis made to its data since the
+// last save (INFO persistence, rdb_changes_since_last_save). A command
+// that changes nothing (an HSETNX of an existing field) adds none.
+func dataChanges(tb testing.TB, rdb redis.UniversalClient) int {
+	tb.Helper()
+	info, err := rdb.Info(context.Background(), "persistence").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^rdb_changes_since_last_save:(\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		tb.Fatalf("INFO persistence without rdb_changes_since_last_save:\n%s", info)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
 }

@@ -233,6 +233,32 @@ end
 return {#kv / 2, n}
 `)
 
+// reindexScript writes one live record's index entries from its lookup
+// line, on a non-cluster Redis: under every hash the first field of the
+// line (HGET KEYS[1] l) lists, field ARGV[2] (the record Id) of index key
+// ARGV[1]..hash gets the line where it is missing or holds another value,
+// as the write script's keep() does. A tombstone or a record that is gone
+// has no line and gets nothing. RepairIndex runs it on every record, after
+// the pass over the index keys, to put back entries missing entirely: no
+// index key names the record, so that pass cannot see them. Returns the
+// number of entries written.
+var reindexScript = redis.NewScript(`
+local l = redis.call('HGET', KEYS[1], 'l')
+local e = l and string.find(l, '\0', 1, true)
+if not e then return 0 end
+local n = 0
+for h in string.gmatch(string.sub(l, 1, e - 1), '%S+') do
+  if #h == 64 then
+    local k = ARGV[1] .. h
+    if redis.call('HGET', k, ARGV[2]) ~= l then
+      redis.call('HSET', k, ARGV[2], l)
+      n = n + 1
+    end
+  end
+end
+return n
+`)
+
 // initScript records the hash key's fingerprint (ARGV[1]) and the data
 // schema (ARGV[2]) in the meta hash KEYS[1] if it holds no fingerprint yet,
 // both at once, so data written before there was a schema (a fingerprint

@@ -125,7 +125,7 @@ func (s *Store) Upgrade(ctx context.Context) (UpgradeReport, error) {
 func (s *Store) upgradeDirect(ctx context.Context, hashes []string) (UpgradeReport, error) {
 	var rep UpgradeReport
 	var first error
-	for _, cmd := range s.evalEach(ctx, upgradeScript, hashes, func(h string) []any { return []any{s.prefix, h} }) {
+	for _, cmd := range s.evalEach(ctx, upgradeScript, s.indexKey, hashes, func(h string) []any { return []any{s.prefix, h} }) {
 		r, err := upgradeResult(cmd)
 		if err != nil {
 			if first == nil {
@@ -183,7 +183,7 @@ func (s *Store) upgradeCluster(ctx context.Context, hashes []string) (UpgradeRep
 		}
 	}
 	var first error
-	for _, cmd := range s.evalEach(ctx, upgradeClusterScript, sets, func(h string) []any { return drops[h] }) {
+	for _, cmd := range s.evalEach(ctx, upgradeClusterScript, s.indexKey, sets, func(h string) []any { return drops[h] }) {
 		r, err := upgradeResult(cmd)
 		if err != nil {
 			if first == nil {

@@ -242,7 +242,7 @@ func runUpgrade(t *testing.T, fresh func(*testing.T) backend) {
 		st := b.store(t, cache.Options{}) // Init accepts it now
 		d.check(t, b, st)
 		// Nothing left for RepairIndex; a second Upgrade is a no-op.
-		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: len(d.index), Entries: entryCount(d.index)})
+		wantReport(t, mustRepair(t, st), cache.IndexReport{Keys: len(d.index), Entries: entryCount(d.index), Records: len(d.history)})
 		if rep := mustUpgrade(t, st); rep != (cache.UpgradeReport{}) {
 			t.Fatalf("second Upgrade = %+v, want nothing done", rep)
 		}

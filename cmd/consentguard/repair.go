@@ -13,7 +13,8 @@ import (
 var errNothingToRepair = errors.New("repair-index: no Redis configured (redis.url, CONSENTGUARD_REDIS_URL); the embedded store starts empty, so there is nothing to repair")
 
 // runRepairIndex checks every identifier index entry of the configured
-// Redis against its record and repairs it (cache.Store.RepairIndex). Data
+// Redis against its record and repairs it, then gives every live record
+// the entries it lacks (cache.Store.RepairIndex). Data
 // of the older schema 2 is first upgraded in place (cache.Store.Upgrade),
 // with a line of its own. It prints one line of counts; having repaired
 // or upgraded something is success.
@@ -51,8 +52,8 @@ func runRepairIndex(ctx context.Context, args []string, getenv func(string) stri
 	}
 	rep, err := a.store.RepairIndex(ctx)
 	if err != nil {
-		return fmt.Errorf("repair-index: %w (stopped after %d keys, %d entries, %d repaired)", err, rep.Keys, rep.Entries, rep.Repaired)
+		return fmt.Errorf("repair-index: %w (stopped after %d keys, %d entries, %d records, %d repaired, %d added)", err, rep.Keys, rep.Entries, rep.Records, rep.Repaired, rep.Added)
 	}
-	fmt.Fprintf(stdout, "index: %d keys, %d entries, %d repaired\n", rep.Keys, rep.Entries, rep.Repaired)
+	fmt.Fprintf(stdout, "index: %d keys, %d entries, %d records, %d repaired, %d added\n", rep.Keys, rep.Entries, rep.Records, rep.Repaired, rep.Added)
 	return nil
 }

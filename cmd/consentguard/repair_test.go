@@ -14,8 +14,10 @@ import (
 )
 
 // TestRepairIndexCommand: a record key deleted by hand still answers
-// through its index entries until repair-index removes them; the command
-// prints its counts and exits 0, also when it repaired something.
+// through its index entries until repair-index removes them, and a lost
+// index key leaves its record unknown until repair-index adds the entry
+// back; the command prints its counts and exits 0, also when it repaired
+// or added something.
 func TestRepairIndexCommand(t *testing.T) {
 	rs := redistest.Start(t)
 	env := redisEnv(rs.URL())
@@ -29,7 +31,7 @@ func TestRepairIndexCommand(t *testing.T) {
 		t.Fatalf("import: exit %d %v\n%s", code, err, out)
 	}
 	code, out, err := runCmd(t, env, "repair-index")
-	if code != 0 || out != "index: 5 keys, 5 entries, 0 repaired\n" {
+	if code != 0 || out != "index: 5 keys, 5 entries, 3 records, 0 repaired, 0 added\n" {
 		t.Fatalf("repair-index on a healthy index: exit %d %v, printed %q", code, err, out)
 	}
 
@@ -45,7 +47,7 @@ func TestRepairIndexCommand(t *testing.T) {
 		t.Fatalf("check before repair: exit %d %v %s; want the deleted record's consent (0)", code, err, out)
 	}
 	code, out, err = runCmd(t, env, "repair-index")
-	if code != 0 || out != "index: 5 keys, 5 entries, 2 repaired\n" {
+	if code != 0 || out != "index: 5 keys, 5 entries, 2 records, 2 repaired, 0 added\n" {
 		t.Fatalf("repair-index: exit %d %v, printed %q", code, err, out)
 	}
 	code, out, _ = runCmd(t, env, "check", "-channel", "email", "-email", "anna@firma.de")
@@ -59,8 +61,31 @@ func TestRepairIndexCommand(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	os.WriteFile(cfg, []byte("redis: {url: \""+rs.URL()+"\"}\n"), 0o600)
 	delete(env, "CONSENTGUARD_REDIS_URL")
-	if code, out, err := runCmd(t, env, "repair-index", "-config", cfg); code != 0 || out != "index: 3 keys, 3 entries, 0 repaired\n" {
+	if code, out, err := runCmd(t, env, "repair-index", "-config", cfg); code != 0 || out != "index: 3 keys, 3 entries, 2 records, 0 repaired, 0 added\n" {
 		t.Fatalf("second repair-index: exit %d %v, printed %q", code, err, out)
+	}
+	// An index key lost: carl is unknown until repair-index adds his entry
+	// back from his record.
+	carl, err := guard.NormalizeRecordID("0035g00000ABCDg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := rs.Client(t)
+	h, err := rdb.HGet(context.Background(), "cg:{"+carl+"}:r", "i").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(context.Background(), "cg:i:"+h).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := runCmd(t, env, "check", "-config", cfg, "-channel", "email", "-email", "carl@firma.de"); code != 1 || !strings.Contains(out, "unknown_contact") {
+		t.Fatalf("check of carl with his index key lost: exit %d %s; want unknown_contact (1)", code, out)
+	}
+	if code, out, err := runCmd(t, env, "repair-index", "-config", cfg); code != 0 || out != "index: 2 keys, 2 entries, 2 records, 0 repaired, 1 added\n" {
+		t.Fatalf("repair-index after a lost index key: exit %d %v, printed %q", code, err, out)
+	}
+	if code, out, err := runCmd(t, env, "check", "-config", cfg, "-channel", "email", "-email", "carl@firma.de"); code != 0 {
+		t.Fatalf("check of carl after repair: exit %d %v %s", code, err, out)
 	}
 }
 
@@ -143,7 +168,7 @@ func TestRepairIndexCommandUpgradesSchema2(t *testing.T) {
 		t.Fatalf("check on schema 2: exit %d %v %s; want 2 and an error naming repair-index", code, err, out)
 	}
 	code, out, err = runCmd(t, env, "repair-index")
-	if code != 0 || out != "upgraded: schema 2 → 3, 5 index keys, 5 entries (1 dropped)\nindex: 5 keys, 5 entries, 0 repaired\n" {
+	if code != 0 || out != "upgraded: schema 2 → 3, 5 index keys, 5 entries (1 dropped)\nindex: 5 keys, 5 entries, 3 records, 0 repaired, 0 added\n" {
 		t.Fatalf("repair-index on schema 2: exit %d %v, printed %q", code, err, out)
 	}
 	if code, out, err := runCmd(t, env, "check", "-channel", "email", "-email", "anna@firma.de"); code != 0 {
@@ -160,7 +185,7 @@ func TestRepairIndexCommandUpgradesSchema2(t *testing.T) {
 		t.Fatalf("history after the upgrade = %q, %v; want %q", after, err, history)
 	}
 	// Upgraded once: the next run only checks the index.
-	if code, out, err := runCmd(t, env, "repair-index"); code != 0 || out != "index: 5 keys, 5 entries, 0 repaired\n" {
+	if code, out, err := runCmd(t, env, "repair-index"); code != 0 || out != "index: 5 keys, 5 entries, 3 records, 0 repaired, 0 added\n" {
 		t.Fatalf("second repair-index: exit %d %v, printed %q", code, err, out)
 	}
 }
