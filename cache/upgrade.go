@@ -52,12 +52,19 @@ const schema2 = "2"
 // alone, so Upgrade may simply be run again. Once every key is converted,
 // the schema is set to 3 in the meta hash if it is still 2.
 //
-// Stop every older consentguard instance first. One still running would
-// add to the converted keys with SADD and fail with WRONGTYPE: its writes
-// fail and are not acknowledged to Salesforce, so nothing is lost, but it
-// cannot serve; and a set it creates after the scan passed would be left
-// unconverted. On an error, including the end of ctx, Upgrade returns what
-// it counted so far with the error, and the schema stays 2.
+// Stop every older consentguard instance first. One still running cannot
+// serve: its lookups of the converted keys fail with WRONGTYPE. Its writes
+// fail too and are not acknowledged to Salesforce, but only after the
+// record is written: the SADD or SREM that follows is what gets WRONGTYPE.
+// The record then holds the new consent while, outside Cluster, the
+// converted index entry keeps the old line, which lookups there trust: a
+// withdrawal or a delete written this way is missed. If an older instance
+// may have written after the upgrade, stop them all and run RepairIndex
+// (consentguard repair-index) again: it rewrites stale lines from the
+// records and adds the entries the older instance could not write. A set
+// such an instance creates after the scan passed is left unconverted. On
+// an error, including the end of ctx, Upgrade returns what it counted so
+// far with the error, and the schema stays 2.
 func (s *Store) Upgrade(ctx context.Context) (UpgradeReport, error) {
 	var rep UpgradeReport
 	if s.err != nil {
