@@ -914,42 +914,55 @@ func runContract(t *testing.T, fresh func(*testing.T) backend) {
 func checkIndex(tb testing.TB, b backend) {
 	tb.Helper()
 	ctx := context.Background()
-	lines := map[string]string{} // record Id → lookup line
-	iter := b.rdb.Scan(ctx, 0, "cg:*", 0).Iterator()
+	lines := map[string]string{}            // record Id → lookup line
 	index := map[string]map[string]string{} // hash → record Id → value
+	// Every record and index key, read in one pipeline.
+	recs := map[string]*redis.SliceCmd{}
+	idx := map[string]*redis.MapStringStringCmd{}
+	pipe := b.rdb.Pipeline()
+	iter := b.rdb.Scan(ctx, 0, "cg:*", 1000).Iterator()
 	for iter.Next(ctx) {
 		k := iter.Val()
 		switch {
 		case strings.HasPrefix(k, "cg:{") && strings.HasSuffix(k, "}:r"):
-			f, err := b.rdb.HMGet(ctx, k, "l", "i", "d").Result()
-			if err != nil {
-				tb.Fatal(err)
-			}
-			l, live := f[0].(string)
-			hashes, _ := f[1].(string)
-			tomb := f[2] == "1"
-			// A record is live (has a line) exactly when it is no
-			// tombstone, and its line starts with the hashes in i.
-			if live == tomb {
-				tb.Fatalf("record %s: lookup line present=%v, tombstone=%v", k, live, tomb)
-			}
-			if !live {
-				continue
-			}
-			if first, _, _ := strings.Cut(l, "\x00"); first != hashes {
-				tb.Fatalf("record %s: line lists %q, field i holds %q", k, first, hashes)
-			}
-			lines[strings.TrimSuffix(strings.TrimPrefix(k, "cg:{"), "}:r")] = l
+			recs[k] = pipe.HMGet(ctx, k, "l", "i", "d")
 		case strings.HasPrefix(k, "cg:i:"):
-			m, err := b.rdb.HGetAll(ctx, k).Result()
-			if err != nil {
-				tb.Fatalf("index key %s: %v", k, err)
-			}
-			index[strings.TrimPrefix(k, "cg:i:")] = m
+			idx[k] = pipe.HGetAll(ctx, k)
 		}
 	}
 	if err := iter.Err(); err != nil {
 		tb.Fatal(err)
+	}
+	if pipe.Len() > 0 {
+		_, _ = pipe.Exec(ctx) // errors are inspected per command
+	}
+	for k, c := range idx {
+		m, err := c.Result()
+		if err != nil {
+			tb.Fatalf("index key %s: %v", k, err)
+		}
+		index[strings.TrimPrefix(k, "cg:i:")] = m
+	}
+	for k, c := range recs {
+		f, err := c.Result()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		l, live := f[0].(string)
+		hashes, _ := f[1].(string)
+		tomb := f[2] == "1"
+		// A record is live (has a line) exactly when it is no tombstone,
+		// and its line starts with the hashes in i.
+		if live == tomb {
+			tb.Fatalf("record %s: lookup line present=%v, tombstone=%v", k, live, tomb)
+		}
+		if !live {
+			continue
+		}
+		if first, _, _ := strings.Cut(l, "\x00"); first != hashes {
+			tb.Fatalf("record %s: line lists %q, field i holds %q", k, first, hashes)
+		}
+		lines[strings.TrimSuffix(strings.TrimPrefix(k, "cg:{"), "}:r")] = l
 	}
 	carried := func(id string) []string {
 		hashes, _, _ := strings.Cut(lines[id], "\x00")

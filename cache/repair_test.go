@@ -73,11 +73,19 @@ func indexSnapshot(tb testing.TB, rdb redis.UniversalClient, prefix string) map[
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for _, k := range keys {
+	cmds := make([]*redis.MapStringStringCmd, len(keys))
+	pipe := rdb.Pipeline()
+	for i, k := range keys {
 		if !strings.HasPrefix(k, prefix+"i:") {
 			tb.Fatalf("KEYS returned %q for prefix %q", k, prefix)
 		}
-		m, err := rdb.HGetAll(ctx, k).Result()
+		cmds[i] = pipe.HGetAll(ctx, k)
+	}
+	if len(keys) > 0 {
+		_, _ = pipe.Exec(ctx) // errors are inspected per command
+	}
+	for i, k := range keys {
+		m, err := cmds[i].Result()
 		if err != nil {
 			tb.Fatalf("HGETALL %s: %v", k, err)
 		}

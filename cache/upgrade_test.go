@@ -79,21 +79,28 @@ func toSchema2(tb testing.TB, rdb redis.UniversalClient, idx map[string]map[stri
 	}
 }
 
-// histories is every record's history under "cg:", raw.
+// histories is every record's history under "cg:", raw, read in one
+// pipeline.
 func histories(tb testing.TB, rdb redis.UniversalClient) map[string][]string {
 	tb.Helper()
 	ctx := context.Background()
-	out := map[string][]string{}
-	iter := rdb.Scan(ctx, 0, "cg:{*}:h", 0).Iterator()
+	cmds := map[string]*redis.StringSliceCmd{}
+	pipe := rdb.Pipeline()
+	iter := rdb.Scan(ctx, 0, "cg:{*}:h", 1000).Iterator()
 	for iter.Next(ctx) {
-		h, err := rdb.LRange(ctx, iter.Val(), 0, -1).Result()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		out[iter.Val()] = h
+		cmds[iter.Val()] = pipe.LRange(ctx, iter.Val(), 0, -1)
 	}
 	if err := iter.Err(); err != nil {
 		tb.Fatal(err)
+	}
+	if len(cmds) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	out := make(map[string][]string, len(cmds))
+	for k, c := range cmds {
+		out[k] = c.Val()
 	}
 	return out
 }
