@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -452,6 +454,63 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 		}
 	})
 
+	t.Run("CancelledMidScan", func(t *testing.T) {
+		// The context ends when RepairIndex sends the page-th SCAN with
+		// MATCH match: it returns what the pages before did, with the
+		// context's error. The embedded store returns every key in one
+		// page, so there only the cut between the passes exists.
+		for _, tc := range []struct {
+			name, match string
+			page        int
+		}{
+			{"InTheKeyPass", "cg:i:*", 2},
+			{"BetweenThePasses", "cg:{*}:r", 1},
+			{"InTheRecordPass", "cg:{*}:r", 2},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				b := newBackend(t)
+				if b.embedded && tc.page > 1 {
+					t.Skip("miniredis answers SCAN in one page")
+				}
+				// 1,201 keys: several pages of COUNT 500 on a real server;
+				// the embedded store, one page anyway, compiles every
+				// script run.
+				records := 400
+				if b.embedded {
+					records = 40
+				}
+				var ups []guard.Update
+				for n := range records {
+					ups = append(ups, upd(rid(t, 70000+n), v(1), c4("Ja", "", "", ""), email(t, fmt.Sprintf("m%d@firma.de", n))))
+				}
+				mustApply(t, b.store(t, cache.Options{}), ups...)
+				cctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				h := &scanCancel{match: tc.match, page: tc.page, cancel: cancel}
+				st := withHook(t, b, h).store(t, cache.Options{})
+				rep, err := st.RepairIndex(cctx)
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("RepairIndex cancelled at SCAN page %d of %s = %+v, %v; want context.Canceled", tc.page, tc.match, rep, err)
+				}
+				before := len(h.before())
+				t.Logf("cut at SCAN page %d of %s, %d keys before: %+v", tc.page, tc.match, before, rep)
+				want := cache.IndexReport{Keys: records, Entries: records}
+				if tc.match == "cg:i:*" {
+					want = cache.IndexReport{Keys: before, Entries: before}
+					if before == 0 || before >= records {
+						t.Fatalf("%d of %d index keys before the cut: not mid-scan", before, records)
+					}
+				} else {
+					want.Records = before
+					if tc.page > 1 && (before == 0 || before >= records) {
+						t.Fatalf("%d of %d records before the cut: not mid-scan", before, records)
+					}
+				}
+				wantReport(t, rep, want)
+			})
+		}
+	})
+
 	t.Run("MisconfiguredStoreRefuses", func(t *testing.T) {
 		b := fresh(t)
 		st := cache.New(b.rdb, cache.Options{HashKey: []byte("short")})
@@ -476,4 +535,79 @@ func dataChanges(tb testing.TB, rdb redis.UniversalClient) int {
 	}
 	n, _ := strconv.Atoi(m[1])
 	return n
+}
+
+// scanCancel is a go-redis hook that cancels a context when the page-th
+// SCAN with MATCH match is sent, before it goes out, and keeps the keys
+// the pages before it returned.
+type scanCancel struct {
+	match  string
+	page   int
+	cancel context.CancelFunc
+
+	mu    sync.Mutex
+	sent  int
+	pages []string
+}
+
+func (h *scanCancel) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scanCancel) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *scanCancel) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		sc, ok := cmd.(*redis.ScanCmd)
+		if args := cmd.Args(); !ok || len(args) < 4 || args[2] != "match" || args[3] != h.match {
+			return next(ctx, cmd)
+		}
+		h.mu.Lock()
+		h.sent++
+		n := h.sent
+		h.mu.Unlock()
+		if n >= h.page {
+			h.cancel()
+			return next(ctx, cmd)
+		}
+		err := next(ctx, cmd)
+		if err == nil {
+			keys, _ := sc.Val()
+			h.mu.Lock()
+			h.pages = append(h.pages, keys...)
+			h.mu.Unlock()
+		}
+		return err
+	}
+}
+
+// before returns the keys of the SCAN pages before the cut.
+func (h *scanCancel) before() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.pages)
+}
+
+// withHook returns b with a client of its own to the same Redis whose
+// commands pass through hook; on Cluster the hook sits on every node's
+// client, which is where RepairIndex and Upgrade send SCAN.
+func withHook(tb testing.TB, b backend, hook redis.Hook) backend {
+	tb.Helper()
+	switch c := b.rdb.(type) {
+	case *redis.ClusterClient:
+		o := c.Options()
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: o.Addrs, ContextTimeoutEnabled: true})
+		cc.OnNewNode(func(n *redis.Client) { n.AddHook(hook) })
+		tb.Cleanup(func() { _ = cc.Close() })
+		b.rdb = cc
+	case *redis.Client:
+		o := c.Options()
+		nc := redis.NewClient(&redis.Options{Addr: o.Addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+		nc.AddHook(hook)
+		tb.Cleanup(func() { _ = nc.Close() })
+		b.rdb = nc
+	default:
+		tb.Fatalf("no hook for a %T", b.rdb)
+	}
+	return b
 }

@@ -368,6 +368,39 @@ func runUpgrade(t *testing.T, fresh func(*testing.T) backend) {
 		d.check(t, b, b.store(t, cache.Options{}))
 	})
 
+	t.Run("CancelledMidScan", func(t *testing.T) {
+		// The context ends when Upgrade sends its second SCAN page: the
+		// keys of the first page are converted and counted, the schema
+		// stays 2, and the next run converts the rest.
+		b := newBackend(t)
+		if b.embedded {
+			t.Skip("miniredis answers SCAN in one page")
+		}
+		// About 1,100 keys, 308 of them index keys: several pages of
+		// COUNT 500.
+		d := writeSchema2(t, b, 400)
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		h := &scanCancel{match: "cg:i:*", page: 2, cancel: cancel}
+		rep, err := withHook(t, b, h).uninitialised(cache.Options{}).Upgrade(cctx)
+		first := h.before()
+		t.Logf("cut at SCAN page 2, %d of %d index keys before: %+v", len(first), d.sets, rep)
+		if !errors.Is(err, context.Canceled) || rep.Upgraded || rep.Keys != len(first) || len(first) == 0 || len(first) >= d.sets {
+			t.Fatalf("Upgrade cancelled at SCAN page 2 = %+v, %v; want context.Canceled after the %d keys of page 1 (of %d)", rep, err, len(first), d.sets)
+		}
+		wantSchema(t, b.rdb, "2")
+		for _, k := range first { // converted: a hash, or gone where no member was left
+			if typ, err := b.rdb.Type(ctx, k).Result(); err != nil || (typ != "hash" && typ != "none") {
+				t.Fatalf("index key %s of the first page after the cut: %q, %v", k, typ, err)
+			}
+		}
+		rest := mustUpgrade(t, b.uninitialised(cache.Options{}))
+		if !rest.Upgraded || rep.Keys+rest.Keys != d.sets || rep.Entries+rest.Entries != entryCount(d.index) || rep.Dropped+rest.Dropped != d.stale {
+			t.Fatalf("Upgrade after the cut = %+v, with %+v before; want %d keys, %d entries, %d dropped in all", rest, rep, d.sets, entryCount(d.index), d.stale)
+		}
+		d.check(t, b, b.store(t, cache.Options{}))
+	})
+
 	t.Run("ScriptCacheFlushed", func(t *testing.T) {
 		b := newBackend(t)
 		d := writeSchema2(t, b, 0)
