@@ -50,7 +50,12 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 // openApp loads the config for the command's use and connects the store.
 // observe, when set, sees every decision.
 func openApp(ctx context.Context, cfgPath string, getenv func(string) string, stderr io.Writer, u use, observe func(guard.Decision)) (*app, error) {
-	a, err := connectApp(cfgPath, getenv, stderr, u)
+	v := newValidator()
+	cfg, err := loadConfig(cfgPath, getenv, v, u)
+	if err != nil {
+		return nil, err
+	}
+	a, err := connectApp(cfg, v, stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -60,15 +65,11 @@ func openApp(ctx context.Context, cfgPath string, getenv func(string) string, st
 	return a, nil
 }
 
-// connectApp is openApp up to the store, which it leaves uninitialised
+// connectApp builds the app on cfg, which loadConfig loaded and validated
+// with v, and connects the store without initialising it
 // (cache.Store.Init not run): repair-index upgrades an older data schema,
-// which Init refuses, before initialising the store.
-func connectApp(cfgPath string, getenv func(string) string, stderr io.Writer, u use) (*app, error) {
-	v := newValidator()
-	cfg, err := loadConfig(cfgPath, getenv, v, u)
-	if err != nil {
-		return nil, err
-	}
+// which Init refuses, before it initialises the store.
+func connectApp(cfg *Config, v *validator.Validate, stderr io.Writer) (*app, error) {
 	a := &app{cfg: cfg, validate: v, log: newLogger(cfg.Log, stderr)}
 	// go-redis logs pool trouble through a process-wide logger; route it
 	// into ours (it carries addresses of Redis, never of people).
@@ -87,11 +88,12 @@ func connectApp(cfgPath string, getenv func(string) string, stderr io.Writer, u 
 			cfg.Identity.HashKey = hex.EncodeToString(k)
 		}
 	} else {
-		rdb, err = cache.NewClient(cfg.Redis.URL)
+		c, err := cache.NewClient(cfg.Redis.URL)
 		if err != nil {
 			return nil, fmt.Errorf("redis.url (CONSENTGUARD_REDIS_URL): %w", err)
 		}
-		a.closers = append(a.closers, func() { _ = rdb.Close() })
+		a.closers = append(a.closers, func() { _ = c.Close() })
+		rdb = c
 	}
 	a.hashKey = []byte(cfg.Identity.HashKey)
 	a.store = cache.New(rdb, cache.Options{

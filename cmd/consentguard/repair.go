@@ -26,16 +26,17 @@ func runRepairIndex(ctx context.Context, args []string, getenv func(string) stri
 	if fs.NArg() != 0 {
 		return &usageError{"repair-index: unexpected arguments " + strings.Join(fs.Args(), " ")}
 	}
-	// Refuse before openApp, which would start an embedded store.
-	cfg, err := loadConfig(*cfgPath, getenv, newValidator(), forTool)
+	v := newValidator()
+	cfg, err := loadConfig(*cfgPath, getenv, v, forTool)
 	if err != nil {
 		return err
 	}
+	// Refuse before connectApp, which would start an embedded store.
 	if cfg.Embedded() {
 		return errNothingToRepair
 	}
 	// Upgrade before Init, which refuses the older schema.
-	a, err := connectApp(*cfgPath, getenv, stderr, forTool)
+	a, err := connectApp(cfg, v, stderr)
 	if err != nil {
 		return err
 	}
