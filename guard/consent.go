@@ -106,6 +106,15 @@ func DefaultVocabulary() Vocabulary {
 	}
 }
 
+// OrDefault returns v, or DefaultVocabulary() when v lists no word at all
+// (the zero value of an option or a configuration left empty).
+func (v Vocabulary) OrDefault() Vocabulary {
+	if len(v.Granted) == 0 && len(v.Denied) == 0 && len(v.Pending) == 0 {
+		return DefaultVocabulary()
+	}
+	return v
+}
+
 // Classify gives the meaning of a stored value. known is false for a
 // non-empty word the vocabulary does not list; such a value counts as
 // Missing, never as consent.

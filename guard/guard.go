@@ -62,16 +62,13 @@ type Guard struct {
 func New(store Store, opts Options) *Guard {
 	g := &Guard{
 		store:   store,
-		vocab:   opts.Vocabulary,
+		vocab:   opts.Vocabulary.OrDefault(),
 		region:  opts.Region,
 		timeout: opts.Timeout,
 		batch:   opts.BatchTimeout,
 		now:     opts.Clock,
 		log:     opts.Logger,
 		observe: opts.Observe,
-	}
-	if len(g.vocab.Granted) == 0 && len(g.vocab.Denied) == 0 {
-		g.vocab = DefaultVocabulary()
 	}
 	if g.region == "" {
 		g.region = "DE"

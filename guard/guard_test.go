@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -393,5 +394,16 @@ func TestCheckCallerDeadlineWithinSlack(t *testing.T) {
 	want, _ := ctx.Deadline()
 	if got, ok := st.got.Deadline(); !ok || !got.Equal(want) {
 		t.Fatalf("lookup deadline %v, want the caller's %v", got, want)
+	}
+}
+
+// An empty vocabulary means the default one; any word given keeps it as is.
+func TestVocabularyOrDefault(t *testing.T) {
+	if got := (guard.Vocabulary{}).OrDefault(); !slices.Equal(got.Granted, []string{"Ja"}) || !slices.Equal(got.Denied, []string{"Nein"}) {
+		t.Fatalf("zero vocabulary: %+v", got)
+	}
+	only := guard.Vocabulary{Pending: []string{"offen"}}
+	if got := only.OrDefault(); len(got.Granted) != 0 || !slices.Equal(got.Pending, []string{"offen"}) {
+		t.Fatalf("pending-only vocabulary replaced: %+v", got)
 	}
 }
