@@ -323,13 +323,11 @@ func (s *Server) answer(req request) string {
 		s.metrics.requests.WithLabelValues("other_state").Inc()
 		return "DUNNO"
 	}
-	id, err := s.g.Parse(guard.KindEmail, req.recipient)
-	// Check fills in the reason on every path, errors included; a
-	// recipient that does not parse never reaches it.
-	d := guard.Decision{Reason: guard.ReasonInvalidIdentifier}
-	if err == nil {
-		d, err = s.g.Check(s.ctx, guard.Email, id)
-	}
+	// A recipient that does not parse leaves id zero, which Check answers
+	// with invalid_identifier (and ErrInvalidIdentifier) without asking the
+	// store: the reason comes from guard on every path.
+	id, _ := s.g.Parse(guard.KindEmail, req.recipient)
+	d, err := s.g.Check(s.ctx, guard.Email, id)
 	act := action(s.shadow, req.recipient, d, err)
 	result := string(d.Reason)
 	s.metrics.requests.WithLabelValues(result).Inc()

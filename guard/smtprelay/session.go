@@ -115,13 +115,11 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return errTooManyRecipients()
 	}
 	ctx := ss.s.ctx
-	id, err := ss.s.g.Parse(guard.KindEmail, to)
-	// Check fills in the reason on every path, errors included; a
-	// recipient that does not parse never reaches it.
-	d := guard.Decision{Reason: guard.ReasonInvalidIdentifier}
-	if err == nil {
-		d, err = ss.s.g.Check(ctx, guard.Email, id)
-	}
+	// An address that does not parse leaves id zero, which Check answers
+	// with invalid_identifier (and ErrInvalidIdentifier) without asking the
+	// store: the reason comes from guard on every path.
+	id, _ := ss.s.g.Parse(guard.KindEmail, to)
+	d, err := ss.s.g.Check(ctx, guard.Email, id)
 	if e := rcptReply(to, d, err); e != nil {
 		ss.s.metrics.rcpt(d.Reason)
 		ss.log.Info("recipient refused", "rcpt", guard.Mask(guard.KindEmail, to), "reason", string(d.Reason), "reply", e.Code)
