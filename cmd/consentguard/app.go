@@ -47,14 +47,22 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// openApp loads the config for the command's use and connects the store.
-// observe, when set, sees every decision.
+// openApp loads the config for the command's use and opens the app on it
+// (startApp). observe, when set, sees every decision.
 func openApp(ctx context.Context, cfgPath string, getenv func(string) string, stderr io.Writer, u use, observe func(guard.Decision)) (*app, error) {
 	v := newValidator()
 	cfg, err := loadConfig(cfgPath, getenv, v, u)
 	if err != nil {
 		return nil, err
 	}
+	return startApp(ctx, cfg, v, stderr, observe)
+}
+
+// startApp opens the app on cfg, which loadConfig loaded and validated
+// with v: it connects and initialises the store and builds the guard. A
+// command that looks at its config before opening the store (sync) calls
+// it directly rather than have openApp load the config again.
+func startApp(ctx context.Context, cfg *Config, v *validator.Validate, stderr io.Writer, observe func(guard.Decision)) (*app, error) {
 	a, err := connectApp(cfg, v, stderr)
 	if err != nil {
 		return nil, err

@@ -31,22 +31,23 @@ func runSync(ctx context.Context, args []string, getenv func(string) string, std
 	}
 
 	// Check the REST settings before touching the store.
-	cfg, err := loadConfig(*cfgPath, getenv, newValidator(), forTool)
+	v := newValidator()
+	cfg, err := loadConfig(*cfgPath, getenv, v, forTool)
 	if err != nil {
 		return err
 	}
-	if err := restSettings(cfg.Salesforce.REST); err != nil {
+	rest := cfg.Salesforce.REST
+	if err := restSettings(rest); err != nil {
 		return err
 	}
-	a, err := openApp(ctx, *cfgPath, getenv, stderr, forTool, nil)
+	a, err := startApp(ctx, cfg, v, stderr, nil)
 	if err != nil {
 		return err
 	}
 	defer a.close()
-	if a.cfg.Embedded() {
+	if cfg.Embedded() {
 		a.log.Warn("no Redis configured: syncing into an embedded store that is discarded when this command exits; set CONSENTGUARD_REDIS_URL")
 	}
-	rest := a.cfg.Salesforce.REST
 	client, err := sfrest.New(sfrest.Config{
 		URL:          rest.URL,
 		ClientID:     rest.ClientID,
