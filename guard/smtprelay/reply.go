@@ -31,47 +31,28 @@ func rcptReply(addr string, d guard.Decision, err error) *smtp.SMTPError {
 		Message: bracket(addr) + ": no email consent (" + string(d.Reason) + ")"}
 }
 
-// Fixed replies. Each call returns a fresh value.
-
-func errUpstreamUnavailable() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
-		Message: "upstream mail server unavailable, try again later"}
+// fixed returns the constructor of one fixed reply. Each call of it
+// returns a fresh *smtp.SMTPError, never one shared between connections.
+func fixed(code int, enh smtp.EnhancedCode, msg string) func() *smtp.SMTPError {
+	return func() *smtp.SMTPError {
+		return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+	}
 }
 
-func errUpstreamLost() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
-		Message: "connection to upstream mail server lost, try again later"}
-}
-
-func errTooLarge() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: "message exceeds the size limit"}
-}
-
-func errAborted() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "message transfer aborted, try again later"}
-}
-
-func errTooManyRecipients() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
-		Message: "too many recipients for one message"}
-}
-
-func errAuthRequired() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-		Message: "authentication required"}
-}
-
-func errAuthFailed() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
-		Message: "authentication credentials invalid"}
-}
-
-func errBadSender() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},
-		Message: "invalid sender address"}
-}
+// Fixed replies.
+var (
+	errUpstreamUnavailable = fixed(451, smtp.EnhancedCode{4, 4, 1}, "upstream mail server unavailable, try again later")
+	errUpstreamLost        = fixed(451, smtp.EnhancedCode{4, 4, 2}, "connection to upstream mail server lost, try again later")
+	errUpstreamUnexpected  = fixed(451, smtp.EnhancedCode{4, 4, 0}, "unexpected reply from upstream mail server, try again later")
+	errTooLarge            = fixed(552, smtp.EnhancedCode{5, 3, 4}, "message exceeds the size limit")
+	errAborted             = fixed(451, smtp.EnhancedCode{4, 3, 0}, "message transfer aborted, try again later")
+	errTooManyRecipients   = fixed(452, smtp.EnhancedCode{4, 5, 3}, "too many recipients for one message")
+	errAuthRequired        = fixed(530, smtp.EnhancedCode{5, 7, 0}, "authentication required")
+	errAuthFailed          = fixed(535, smtp.EnhancedCode{5, 7, 8}, "authentication credentials invalid")
+	errAuthDisabled        = fixed(502, smtp.EnhancedCode{5, 5, 1}, "authentication not enabled")
+	errAuthMechanism       = fixed(504, smtp.EnhancedCode{5, 5, 4}, "unsupported authentication mechanism")
+	errBadSender           = fixed(553, smtp.EnhancedCode{5, 1, 7}, "invalid sender address")
+)
 
 // upstreamReply turns a non-2xx upstream reply into the reply for our
 // client: same code and text, so a 4xx stays temporary and a 5xx permanent.
@@ -82,8 +63,7 @@ func upstreamReply(r reply) *smtp.SMTPError {
 		e.Message = "rejected by upstream mail server"
 	}
 	if c := r.code / 100; c != 4 && c != 5 {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0},
-			Message: "unexpected reply from upstream mail server, try again later"}
+		return errUpstreamUnexpected()
 	}
 	if e.EnhancedCode == (smtp.EnhancedCode{}) || e.EnhancedCode[0] != r.code/100 {
 		e.EnhancedCode = smtp.EnhancedCode{r.code / 100, 0, 0}

@@ -68,7 +68,7 @@ func (ss *session) AuthMechanisms() []string {
 // Auth implements smtp.AuthSession.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.s.users == nil {
-		return nil, &smtp.SMTPError{Code: 502, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "authentication not enabled"}
+		return nil, errAuthDisabled()
 	}
 	check := func(identity, user, pass string) error {
 		if identity != "" && identity != user {
@@ -88,7 +88,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Login:
 		return saslServer{&loginServer{check: func(u, p string) error { return check("", u, p) }}}, nil
 	}
-	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unsupported authentication mechanism"}
+	return nil, errAuthMechanism()
 }
 
 // Mail implements smtp.Session.
