@@ -25,7 +25,6 @@ type app struct {
 	validate *validator.Validate
 	store    *cache.Store
 	guard    *guard.Guard
-	hashKey  []byte
 	closers  []func()
 }
 
@@ -103,9 +102,8 @@ func connectApp(cfg *Config, v *validator.Validate, stderr io.Writer) (*app, err
 		a.closers = append(a.closers, func() { _ = c.Close() })
 		rdb = c
 	}
-	a.hashKey = []byte(cfg.Identity.HashKey)
 	a.store = cache.New(rdb, cache.Options{
-		HashKey:    a.hashKey,
+		HashKey:    []byte(cfg.Identity.HashKey),
 		Vocabulary: cfg.Salesforce.Values,
 		Logger:     a.log,
 	})
