@@ -58,15 +58,17 @@ var (
 // client: same code and text, so a 4xx stays temporary and a 5xx permanent.
 // Anything that is neither 4xx nor 5xx becomes a 451.
 func upstreamReply(r reply) *smtp.SMTPError {
+	class := r.code / 100
+	if class != 4 && class != 5 {
+		return errUpstreamUnexpected()
+	}
 	e := &smtp.SMTPError{Code: r.code, EnhancedCode: r.enh, Message: printable(r.msg, 400)}
 	if e.Message == "" {
 		e.Message = "rejected by upstream mail server"
 	}
-	if c := r.code / 100; c != 4 && c != 5 {
-		return errUpstreamUnexpected()
-	}
-	if e.EnhancedCode == (smtp.EnhancedCode{}) || e.EnhancedCode[0] != r.code/100 {
-		e.EnhancedCode = smtp.EnhancedCode{r.code / 100, 0, 0}
+	// An absent enhanced code (all zero) fails this test too.
+	if e.EnhancedCode[0] != class {
+		e.EnhancedCode = smtp.EnhancedCode{class, 0, 0}
 	}
 	return e
 }
