@@ -81,16 +81,13 @@ const schema = "3"
 func New(rdb redis.UniversalClient, opts Options) *Store {
 	s := &Store{
 		rdb:    rdb,
-		vocab:  opts.Vocabulary,
+		vocab:  opts.Vocabulary.OrDefault(),
 		prefix: opts.Prefix,
 		now:    opts.Clock,
 		log:    opts.Logger,
 		key:    append([]byte(nil), opts.HashKey...),
 	}
 	_, s.cluster = rdb.(*redis.ClusterClient)
-	if len(s.vocab.Granted) == 0 && len(s.vocab.Denied) == 0 && len(s.vocab.Pending) == 0 {
-		s.vocab = guard.DefaultVocabulary()
-	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
 	}
