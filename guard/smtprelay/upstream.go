@@ -151,31 +151,29 @@ func (u *upConn) exchange(cmds ...string) ([]reply, error) {
 	return out, nil
 }
 
-// hello sends EHLO, falling back to HELO, and records the extensions.
+// hello sends EHLO, falling back to HELO, and records the extensions. It
+// runs on a fresh upConn (pipelining and chunking still false).
 func (u *upConn) hello(name string) error {
 	rs, err := u.exchange("EHLO " + name)
 	if err != nil {
 		return err
 	}
-	r := rs[0]
-	if !r.ok() {
-		if rs, err = u.exchange("HELO " + name); err != nil {
-			return err
+	u.ext = map[string]string{}
+	if r := rs[0]; r.ok() {
+		lines := strings.Split(r.msg, "\n")
+		for _, l := range lines[1:] {
+			k, v, _ := strings.Cut(strings.TrimSpace(l), " ")
+			u.ext[strings.ToUpper(k)] = v
 		}
-		if r = rs[0]; !r.ok() {
-			return fmt.Errorf("%w: HELO answered %d", errProtocol, r.code)
-		}
-		u.ext = map[string]string{}
-		u.pipelining, u.chunking = false, false
+		u.pipelining, u.chunking = u.has("PIPELINING"), u.has("CHUNKING")
 		return nil
 	}
-	u.ext = map[string]string{}
-	lines := strings.Split(r.msg, "\n")
-	for _, l := range lines[1:] {
-		k, v, _ := strings.Cut(strings.TrimSpace(l), " ")
-		u.ext[strings.ToUpper(k)] = v
+	if rs, err = u.exchange("HELO " + name); err != nil {
+		return err
 	}
-	u.pipelining, u.chunking = u.has("PIPELINING"), u.has("CHUNKING")
+	if r := rs[0]; !r.ok() {
+		return fmt.Errorf("%w: HELO answered %d", errProtocol, r.code)
+	}
 	return nil
 }
 
