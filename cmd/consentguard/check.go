@@ -52,16 +52,14 @@ func runCheck(ctx context.Context, args []string, getenv func(string) string, st
 		a.log.Warn("no Redis configured: checking against an empty embedded store; every answer is unknown_contact")
 	}
 
-	var d guard.Decision
+	// An identifier that does not parse stays zero, and the guard decides
+	// it invalid_identifier; the parse error says why.
 	id, perr := a.guard.Parse(kind, raw)
+	d, err := a.guard.Check(ctx, ch, id)
 	if perr != nil {
-		d = guard.Decision{Channel: ch, Reason: guard.ReasonInvalidIdentifier, Records: []guard.RecordRef{}}
 		err = perr
-	} else {
-		d, err = a.guard.Check(ctx, ch, id)
 	}
-	enc := json.NewEncoder(stdout)
-	if eerr := enc.Encode(d); eerr != nil {
+	if eerr := json.NewEncoder(stdout).Encode(d); eerr != nil {
 		return eerr
 	}
 	switch {
