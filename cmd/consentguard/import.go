@@ -48,12 +48,19 @@ func (a *app) importOptions(object string) csvimport.Options {
 	return csvimport.Options{
 		Object:  object,
 		Mapping: a.cfg.Salesforce.Objects,
-		Record: webhook.RecordOptions{
-			Vocabulary: a.cfg.Salesforce.Values,
-			Region:     a.cfg.Identity.DefaultRegion,
-			Now:        time.Now(),
-		},
-		Logger: a.log,
+		Record:  a.recordOptions(time.Now()),
+		Logger:  a.log,
+	}
+}
+
+// recordOptions maps the configuration onto the options of
+// webhook.Mapping.Record, for import and sync; now bounds versions from
+// the future.
+func (a *app) recordOptions(now time.Time) webhook.RecordOptions {
+	return webhook.RecordOptions{
+		Vocabulary: a.cfg.Salesforce.Values,
+		Region:     a.cfg.Identity.DefaultRegion,
+		Now:        now,
 	}
 }
 

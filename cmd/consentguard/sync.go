@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/consentguard/consentguard/webhook"
 	"github.com/consentguard/consentguard/webhook/sfrest"
 )
 
@@ -65,13 +64,9 @@ func runSync(ctx context.Context, args []string, getenv func(string) string, std
 	sum, err := sfrest.Sync(ctx, client, a.store, sfrest.Options{
 		Objects: objs,
 		Since:   since,
-		Mapping: a.cfg.Salesforce.Objects,
-		Record: webhook.RecordOptions{
-			Vocabulary: a.cfg.Salesforce.Values,
-			Region:     a.cfg.Identity.DefaultRegion,
-			Now:        now,
-		},
-		Logger: a.log,
+		Mapping: cfg.Salesforce.Objects,
+		Record:  a.recordOptions(now),
+		Logger:  a.log,
 	})
 	if sum.Objects != nil {
 		fmt.Fprintln(stdout, sum.String())
