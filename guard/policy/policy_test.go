@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,27 +64,49 @@ func mustGuard(tb testing.TB) (*guard.Guard, *redistest.Server) {
 	return guard.New(st, guard.Options{Timeout: 2 * time.Second}), srv
 }
 
-// startPolicy serves on a loopback port; Shutdown on cleanup.
+// startPolicy serves on a loopback port and returns its address; Shutdown
+// on cleanup.
 func startPolicy(tb testing.TB, g *guard.Guard, opts policy.Options) string {
 	tb.Helper()
-	s := policy.New(g, opts)
+	return startPolicyServer(tb, g, opts).addr
+}
+
+// polServer is a policy server on a loopback port.
+type polServer struct {
+	tb   testing.TB
+	addr string
+	s    *policy.Server
+	done chan error
+	once sync.Once
+}
+
+// startPolicyServer serves on a loopback port; Shutdown on cleanup, or
+// earlier with shutdown.
+func startPolicyServer(tb testing.TB, g *guard.Guard, opts policy.Options) *polServer {
+	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ps := &polServer{tb: tb, addr: l.Addr().String(), s: policy.New(g, opts), done: make(chan error, 1)}
+	go func() { ps.done <- ps.s.Serve(l) }()
+	tb.Cleanup(ps.shutdown)
+	return ps
+}
+
+// shutdown stops the policy server (once) and checks that it stopped
+// cleanly.
+func (ps *polServer) shutdown() {
+	ps.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			tb.Errorf("Shutdown: %v", err)
+		if err := ps.s.Shutdown(ctx); err != nil {
+			ps.tb.Errorf("Shutdown: %v", err)
 		}
-		if err := <-served; !errors.Is(err, policy.ErrServerClosed) {
-			tb.Errorf("Serve: %v, want ErrServerClosed", err)
+		if err := <-ps.done; !errors.Is(err, policy.ErrServerClosed) {
+			ps.tb.Errorf("Serve: %v, want ErrServerClosed", err)
 		}
 	})
-	return l.Addr().String()
 }
 
 type client struct {

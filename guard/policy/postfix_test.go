@@ -2,7 +2,6 @@ package policy_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/consentguard/consentguard/guard"
 	"github.com/consentguard/consentguard/guard/policy"
 )
 
@@ -39,7 +37,7 @@ func TestRealPostfix(t *testing.T) {
 	}
 
 	g, redis := mustGuard(t)
-	polAddr := startPolicyServer(t, g)
+	polAddr := startPolicyServer(t, g, policy.Options{})
 	k := startPostfixSink(t)
 
 	frag, err := os.ReadFile(fragment)
@@ -99,7 +97,7 @@ func TestRealPostfix(t *testing.T) {
 	c.Quit()
 
 	// 3. Policy server down: Postfix uses default_action, a temporary reject.
-	polAddr.shutdown(t)
+	polAddr.shutdown()
 	c = dialPostfix(t, inst.smtpd)
 	if err := c.Mail("news@shop.example", nil); err != nil {
 		t.Fatal(err)
@@ -132,39 +130,6 @@ func findPostfix(t *testing.T) string {
 		t.Skip("starting a Postfix instance needs root")
 	}
 	return p
-}
-
-type polServer struct {
-	addr string
-	s    *policy.Server
-	done chan error
-	once sync.Once
-}
-
-func startPolicyServer(t *testing.T, g *guard.Guard) *polServer {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := &polServer{addr: l.Addr().String(), s: policy.New(g, policy.Options{}), done: make(chan error, 1)}
-	go func() { ps.done <- ps.s.Serve(l) }()
-	t.Cleanup(func() { ps.shutdown(t) })
-	return ps
-}
-
-// shutdown stops the policy server (once).
-func (ps *polServer) shutdown(t *testing.T) {
-	ps.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := ps.s.Shutdown(ctx); err != nil {
-			t.Errorf("policy Shutdown: %v", err)
-		}
-		if err := <-ps.done; !errors.Is(err, policy.ErrServerClosed) {
-			t.Errorf("policy Serve: %v", err)
-		}
-	})
 }
 
 type postfixInstance struct {
