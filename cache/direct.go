@@ -242,20 +242,6 @@ func lineCarries(line, h string) bool {
 	return j >= 0 && hasHash(line[:j], h)
 }
 
-// lineID returns the record Id, the second field of a lookup line.
-func lineID(line string) (string, bool) {
-	j := strings.IndexByte(line, 0)
-	if j < 0 {
-		return "", false
-	}
-	line = line[j+1:]
-	j = strings.IndexByte(line, 0)
-	if j < 0 {
-		return "", false
-	}
-	return line[:j], true
-}
-
 // hasHash reports whether field (space-separated hashes: the first field
 // of a lookup line) holds h as a whole entry, without allocating.
 func hasHash(field, h string) bool {
@@ -326,28 +312,21 @@ func liveRecords(h string, lines []string, slab *recordSlab) (recs []guard.Recor
 	return recs, live == len(lines), nil
 }
 
-// decodeLine parses exactly one lookup line (lineFields NUL-separated
-// fields) into rec; the strings share the line's memory.
+// decodeLine parses one lookup line, exactly lineFields NUL-separated
+// fields, into rec; the strings share the line's memory.
 func decodeLine(line string, rec *guard.Record) error {
-	if _, more, err := cutLine(line, rec); err != nil || more {
-		return errMalformedLine
-	}
-	return nil
-}
-
-// cutLine parses the first lookup line of s (lineFields NUL-separated
-// fields) into rec and returns what follows it; more reports whether a NUL
-// followed, that is another line. The strings share s's memory.
-func cutLine(s string, rec *guard.Record) (rest string, more bool, err error) {
 	var f [lineFields]string
 	for k := range lineFields - 1 {
-		j := strings.IndexByte(s, 0)
+		j := strings.IndexByte(line, 0)
 		if j < 0 {
-			return "", false, errMalformedLine
+			return errMalformedLine
 		}
-		f[k], s = s[:j], s[j+1:]
+		f[k], line = line[:j], line[j+1:]
 	}
-	f[lineFields-1], rest, more = strings.Cut(s, "\x00")
+	if strings.IndexByte(line, 0) >= 0 {
+		return errMalformedLine
+	}
+	f[lineFields-1] = line
 	// f[0]: the identifier hashes
 	rec.ID = f[1]
 	rec.Version = millis(f[2])
@@ -356,5 +335,5 @@ func cutLine(s string, rec *guard.Record) (rest string, more bool, err error) {
 		rec.Consent[c] = f[4+c]
 	}
 	rec.UpdatedAt = millis(f[8])
-	return rest, more, nil
+	return nil
 }
