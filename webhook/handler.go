@@ -95,7 +95,7 @@ func New(st Store, opts Options) *Handler {
 	h := &Handler{
 		st:      st,
 		mapping: opts.Mapping,
-		vocab:   opts.Vocabulary,
+		vocab:   opts.Vocabulary.OrDefault(),
 		region:  opts.Region,
 		orgs:    opts.OrgIDs,
 		token:   newSecret(opts.Token),
@@ -112,9 +112,6 @@ func New(st Store, opts Options) *Handler {
 	}
 	if h.mapping == nil {
 		h.mapping = DefaultMapping()
-	}
-	if len(h.vocab.Granted) == 0 && len(h.vocab.Denied) == 0 {
-		h.vocab = guard.DefaultVocabulary()
 	}
 	if h.region == "" {
 		h.region = "DE"

@@ -280,10 +280,7 @@ func (m Mapping) Record(object, id string, fields func(name string) (string, boo
 	if !ok {
 		return guard.Update{}, nil, fmt.Errorf("%w: %q", ErrUnknownObject, Printable(object, 40))
 	}
-	vocab := o.Vocabulary
-	if len(vocab.Granted) == 0 && len(vocab.Denied) == 0 {
-		vocab = guard.DefaultVocabulary()
-	}
+	vocab := o.Vocabulary.OrDefault()
 	region := o.Region
 	if region == "" {
 		region = "DE"

@@ -206,9 +206,7 @@ func loadConfig(path string, getenv func(string) string, v *validator.Validate, 
 		if len(cfg.Salesforce.Objects) == 0 {
 			cfg.Salesforce.Objects = webhook.DefaultMapping()
 		}
-		if len(cfg.Salesforce.Values.Granted) == 0 && len(cfg.Salesforce.Values.Denied) == 0 && len(cfg.Salesforce.Values.Pending) == 0 {
-			cfg.Salesforce.Values = guard.DefaultVocabulary()
-		}
+		cfg.Salesforce.Values = cfg.Salesforce.Values.OrDefault()
 	}
 	for _, e := range envVars {
 		if val := getenv(e.name); val != "" {
