@@ -353,11 +353,5 @@ func writeJSON(w http.ResponseWriter, status int, v any) int {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
 	}
-	b = append(b, '\n')
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json; charset=utf-8")
-	hdr.Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-	return status
+	return writeBody(w, status, "application/json; charset=utf-8", append(b, '\n'))
 }

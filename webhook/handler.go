@@ -250,6 +250,20 @@ func (h *Handler) countOutcomes(endpoint string, outs []guard.Outcome) {
 	}
 }
 
+// contentTypeXML is the type of every /salesforce/outbound answer.
+const contentTypeXML = "text/xml; charset=utf-8"
+
+// writeBody answers with status and the whole body b, of type contentType,
+// and returns status.
+func writeBody(w http.ResponseWriter, status int, contentType string, b []byte) int {
+	hdr := w.Header()
+	hdr.Set("Content-Type", contentType)
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+	return status
+}
+
 // storeContext bounds the store calls of one request.
 func (h *Handler) storeContext(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), h.timeout)

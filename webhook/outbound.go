@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"github.com/consentguard/consentguard/guard"
 )
@@ -135,22 +134,11 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 		return writeFault(w, http.StatusBadRequest, "Client", rejected)
 	}
 
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/xml; charset=utf-8")
-	hdr.Set("Content-Length", strconv.Itoa(len(ackEnvelope)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte(ackEnvelope))
-	return http.StatusOK
+	return writeBody(w, http.StatusOK, contentTypeXML, []byte(ackEnvelope))
 }
 
 // writeFault answers with a SOAP 1.1 fault. msg describes the request,
 // never an internal error.
 func writeFault(w http.ResponseWriter, status int, code, msg string) int {
-	b := faultEnvelope(code, msg)
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/xml; charset=utf-8")
-	hdr.Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-	return status
+	return writeBody(w, status, contentTypeXML, faultEnvelope(code, msg))
 }
