@@ -150,37 +150,10 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 	}, nil
 }
 
-// runCAS runs the script for every call in one pipeline (EVALSHA). Calls
-// answered NOSCRIPT (a restarted or flushed Redis) are run again with EVAL,
-// which also caches the script; NOSCRIPT means the call did not run.
+// runCAS runs the script for every call in one pipeline (evalAll, which
+// runs the calls answered NOSCRIPT again with EVAL) and reads the replies.
 func (s *Store) runCAS(ctx context.Context, calls []casCall) ([]casResult, error) {
-	cmds := make([]*redis.Cmd, len(calls))
-	pipe := s.rdb.Pipeline()
-	for i, c := range calls {
-		cmds[i] = casScript.EvalSha(ctx, pipe, c.keys, c.args...)
-	}
-	_, _ = pipe.Exec(ctx) // errors are inspected per command
-	var retry []int
-	for i, cmd := range cmds {
-		if err := cmd.Err(); err != nil {
-			if !redis.HasErrorPrefix(err, "NOSCRIPT") {
-				return nil, fmt.Errorf("cache: apply: %w", err)
-			}
-			retry = append(retry, i)
-		}
-	}
-	if len(retry) > 0 {
-		pipe := s.rdb.Pipeline()
-		for _, i := range retry {
-			cmds[i] = casScript.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
-		}
-		_, _ = pipe.Exec(ctx)
-		for _, i := range retry {
-			if err := cmds[i].Err(); err != nil {
-				return nil, fmt.Errorf("cache: apply: %w", err)
-			}
-		}
-	}
+	cmds := s.evalAll(ctx, casScript, len(calls), func(i int) ([]string, []any) { return calls[i].keys, calls[i].args })
 	out := make([]casResult, len(cmds))
 	for i, cmd := range cmds {
 		r, err := parseCAS(cmd)

@@ -231,8 +231,6 @@ func (s *Store) repairIndex(ctx context.Context, hashes []string) error {
 	return err
 }
 
-func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
-
 var errMalformedLine = errors.New("malformed lookup line")
 
 // lineCarries reports whether a lookup line ("" for none) lists hash h in

@@ -262,34 +262,6 @@ func (s *Store) runRepair(ctx context.Context, hashes []string) (IndexReport, er
 	return rep, first
 }
 
-// evalEach runs sc once for each name (an identifier hash, a record Id),
-// on the one key key makes of it and with the arguments args gives for it,
-// all in one pipeline (EVALSHA); calls answered NOSCRIPT (a restarted or
-// flushed Redis) go again with EVAL in a second one. It returns the
-// commands, in order, for the caller to read each reply and error.
-func (s *Store) evalEach(ctx context.Context, sc *redis.Script, key func(name string) string, names []string, args func(name string) []any) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(names))
-	pipe := s.rdb.Pipeline()
-	for i, n := range names {
-		cmds[i] = sc.EvalSha(ctx, pipe, []string{key(n)}, args(n)...)
-	}
-	_, _ = pipe.Exec(ctx) // errors are inspected per command
-	var retry []int
-	for i, cmd := range cmds {
-		if isNoScript(cmd.Err()) {
-			retry = append(retry, i)
-		}
-	}
-	if len(retry) > 0 {
-		pipe := s.rdb.Pipeline()
-		for _, i := range retry {
-			cmds[i] = sc.Eval(ctx, pipe, []string{key(names[i])}, args(names[i])...)
-		}
-		_, _ = pipe.Exec(ctx)
-	}
-	return cmds
-}
-
 // repairCluster checks the index keys of hashes the way a Cluster lookup
 // does: HKEYS of each, then the lookup line of every record named (one
 // pipeline each), and removes the entries whose record does not carry the

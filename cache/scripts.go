@@ -1,6 +1,10 @@
 package cache
 
-import "github.com/redis/go-redis/v9"
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // Record hash fields (KEYS[1] of casScript, prefix+"{Id}:r"):
 //
@@ -339,3 +343,42 @@ if m[1] == ARGV[1] and m[2] == ARGV[3] then
 end
 return {m[1] or '', m[2] or ''}
 `)
+
+// evalAll runs sc n times, run i on the keys and with the arguments call(i)
+// gives, all in one pipeline (EVALSHA). Runs answered NOSCRIPT (a restarted
+// or flushed Redis; the run did not happen) go again with EVAL, which also
+// caches the script, in a second one. It returns the commands, in order,
+// for the caller to read each reply and error.
+func (s *Store) evalAll(ctx context.Context, sc *redis.Script, n int, call func(i int) (keys []string, args []any)) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, n)
+	pipe := s.rdb.Pipeline()
+	for i := range cmds {
+		keys, args := call(i)
+		cmds[i] = sc.EvalSha(ctx, pipe, keys, args...)
+	}
+	_, _ = pipe.Exec(ctx) // errors are inspected per command
+	var retry []int
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			retry = append(retry, i)
+		}
+	}
+	if len(retry) > 0 {
+		pipe := s.rdb.Pipeline()
+		for _, i := range retry {
+			keys, args := call(i)
+			cmds[i] = sc.Eval(ctx, pipe, keys, args...)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	return cmds
+}
+
+// evalEach is evalAll for a script on one key: it runs sc once for each
+// name (an identifier hash, a record Id), on the key key makes of it and
+// with the arguments args gives for it.
+func (s *Store) evalEach(ctx context.Context, sc *redis.Script, key func(name string) string, names []string, args func(name string) []any) []*redis.Cmd {
+	return s.evalAll(ctx, sc, len(names), func(i int) ([]string, []any) {
+		return []string{key(names[i])}, args(names[i])
+	})
+}
