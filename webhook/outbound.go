@@ -68,7 +68,6 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 		done     = make([]string, 0, len(keys)) // keys to remember after the write
 		dup      = len(msg.Notifications) - len(keys)
 		empty    = 0
-		haveWarn = false
 		rejected = "" // the first notification that could not be mapped
 	)
 	for j, k := range keys {
@@ -99,7 +98,6 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 		up.Source, up.Ref = "outbound", n.ID
 		ups = append(ups, up)
 		warns = append(warns, ws)
-		haveWarn = haveWarn || len(ws) > 0
 	}
 
 	if len(ups) > 0 {
@@ -121,10 +119,8 @@ func (h *Handler) outbound(w http.ResponseWriter, r *http.Request) int {
 			h.log.Warn("could not remember notification ids", "org", org, "count", len(done), "err", err)
 		}
 	}
-	if haveWarn {
-		for i := range ups {
-			h.countWarnings("outbound", &ups[i], warns[i])
-		}
+	for i := range ups {
+		h.countWarnings("outbound", &ups[i], warns[i])
 	}
 	h.m.records.WithLabelValues("outbound", "duplicate").Add(float64(dup))
 	h.m.records.WithLabelValues("outbound", "empty").Add(float64(empty))
