@@ -78,45 +78,34 @@ func (s *Store) RepairIndex(ctx context.Context) (IndexReport, error) {
 	if s.err != nil {
 		return rep, s.err
 	}
-	var mu sync.Mutex
-	count := func(r IndexReport) {
-		mu.Lock()
-		rep.add(r)
-		mu.Unlock()
+	repair, reindex := s.runRepair, s.reindexDirect
+	if s.cluster {
+		repair, reindex = s.repairCluster, s.reindexCluster
 	}
-	err := s.forEachNode(ctx, func(ctx context.Context, node redis.Cmdable) error {
-		return s.scanIndex(ctx, node, func(hashes []string) error {
-			var r IndexReport
-			var err error
-			if s.cluster {
-				r, err = s.repairCluster(ctx, hashes)
-			} else {
-				r, err = s.runRepair(ctx, hashes)
-			}
-			count(r)
-			return err
-		})
-	})
-	if err != nil {
+	if err := scanPass(ctx, s, s.scanIndex, repair, rep.add); err != nil {
 		return rep, fmt.Errorf("cache: repair index: %w", err)
 	}
-	err = s.forEachNode(ctx, func(ctx context.Context, node redis.Cmdable) error {
-		return s.scanRecords(ctx, node, func(ids []string) error {
-			var r IndexReport
-			var err error
-			if s.cluster {
-				r, err = s.reindexCluster(ctx, ids)
-			} else {
-				r, err = s.reindexDirect(ctx, ids)
-			}
-			count(r)
-			return err
-		})
-	})
-	if err != nil {
+	if err := scanPass(ctx, s, s.scanRecords, reindex, rep.add); err != nil {
 		return rep, fmt.Errorf("cache: repair index: records: %w", err)
 	}
 	return rep, nil
+}
+
+// scanPass is one pass of RepairIndex or Upgrade: scan (scanIndex,
+// scanRecords) hands the names it finds on each master (forEachNode, all
+// masters at once) to fix a page at a time, and add sums each page's
+// counts, one call at a time.
+func scanPass[R any](ctx context.Context, s *Store, scan func(context.Context, redis.Cmdable, func([]string) error) error, fix func(context.Context, []string) (R, error), add func(R)) error {
+	var mu sync.Mutex
+	return s.forEachNode(ctx, func(ctx context.Context, node redis.Cmdable) error {
+		return scan(ctx, node, func(names []string) error {
+			r, err := fix(ctx, names)
+			mu.Lock()
+			add(r)
+			mu.Unlock()
+			return err
+		})
+	})
 }
 
 // forEachNode calls fn with every master of a Cluster, concurrently, or

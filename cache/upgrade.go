@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -90,23 +89,11 @@ func (s *Store) Upgrade(ctx context.Context) (UpgradeReport, error) {
 	case old != schema2:
 		return rep, fmt.Errorf("%w: %s was written with data schema %q; only schema %s can be upgraded in place to %s", ErrSchema, meta, old, schema2, schema)
 	}
-	var mu sync.Mutex
-	err = s.forEachNode(ctx, func(ctx context.Context, node redis.Cmdable) error {
-		return s.scanIndex(ctx, node, func(hashes []string) error {
-			var r UpgradeReport
-			var err error
-			if s.cluster {
-				r, err = s.upgradeCluster(ctx, hashes)
-			} else {
-				r, err = s.upgradeDirect(ctx, hashes)
-			}
-			mu.Lock()
-			rep.add(r)
-			mu.Unlock()
-			return err
-		})
-	})
-	if err != nil {
+	convert := s.upgradeDirect
+	if s.cluster {
+		convert = s.upgradeCluster
+	}
+	if err := scanPass(ctx, s, s.scanIndex, convert, rep.add); err != nil {
 		return rep, fmt.Errorf("cache: upgrade: %w", err)
 	}
 	v, err := upgradeMetaScript.Run(ctx, s.rdb, []string{meta}, fp, schema, schema2).StringSlice()
@@ -130,19 +117,7 @@ func (s *Store) Upgrade(ctx context.Context) (UpgradeReport, error) {
 // upgradeDirect runs upgradeScript on the index key of each hash, in one
 // pipeline (evalEach).
 func (s *Store) upgradeDirect(ctx context.Context, hashes []string) (UpgradeReport, error) {
-	var rep UpgradeReport
-	var first error
-	for _, cmd := range s.evalEach(ctx, upgradeScript, s.indexKey, hashes, func(h string) []any { return []any{s.prefix, h} }) {
-		r, err := upgradeResult(cmd)
-		if err != nil {
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		rep.add(r)
-	}
-	return rep, first
+	return upgradeReplies(s.evalEach(ctx, upgradeScript, s.indexKey, hashes, func(h string) []any { return []any{s.prefix, h} }))
 }
 
 // upgradeCluster converts the index keys of hashes on Cluster: TYPE and
@@ -189,29 +164,26 @@ func (s *Store) upgradeCluster(ctx context.Context, hashes []string) (UpgradeRep
 			}
 		}
 	}
+	return upgradeReplies(s.evalEach(ctx, upgradeClusterScript, s.indexKey, sets, func(h string) []any { return drops[h] }))
+}
+
+// upgradeReplies sums the {converted, entries, dropped} replies of the
+// upgrade scripts and returns the first error.
+func upgradeReplies(cmds []*redis.Cmd) (UpgradeReport, error) {
+	var rep UpgradeReport
 	var first error
-	for _, cmd := range s.evalEach(ctx, upgradeClusterScript, s.indexKey, sets, func(h string) []any { return drops[h] }) {
-		r, err := upgradeResult(cmd)
+	for _, cmd := range cmds {
+		v, err := cmd.Int64Slice()
+		if err == nil && len(v) != 3 {
+			err = errors.New("unexpected upgrade script reply")
+		}
 		if err != nil {
 			if first == nil {
 				first = err
 			}
 			continue
 		}
-		rep.add(r)
+		rep.add(UpgradeReport{Keys: int(v[0]), Entries: int(v[1]), Dropped: int(v[2])})
 	}
 	return rep, first
-}
-
-// upgradeResult reads the {converted, entries, dropped} reply of the
-// upgrade scripts.
-func upgradeResult(cmd *redis.Cmd) (UpgradeReport, error) {
-	v, err := cmd.Int64Slice()
-	if err == nil && len(v) != 3 {
-		err = errors.New("unexpected upgrade script reply")
-	}
-	if err != nil {
-		return UpgradeReport{}, err
-	}
-	return UpgradeReport{Keys: int(v[0]), Entries: int(v[1]), Dropped: int(v[2])}, nil
 }
