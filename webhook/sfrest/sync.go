@@ -179,45 +179,47 @@ func (s *syncer) problem(format string, args ...any) {
 
 // live syncs the rows the Query resource returns.
 func (s *syncer) live(ctx context.Context, name string, obj webhook.Object) error {
-	soql := SelectSOQL(name, obj, s.o.Since)
-	return s.c.Query(ctx, soql, false, func(p Page) error {
-		s.sum.Pages++
-		ref := fmt.Sprintf("query %s page %d", name, p.Number)
-		ups := make([]guard.Update, 0, len(p.Records))
-		for i, r := range p.Records {
-			s.sum.Rows++
-			id, _ := r.Field("Id")
-			up, warns, err := s.o.Mapping.Record(name, id, r.Field, s.o.Record)
-			if err != nil {
-				s.problem("%s page %d row %d (%s): %v", name, p.Number, i+1, safeID(id), err)
-				continue
-			}
-			for _, w := range warns {
-				s.sum.Warnings[w.Code]++
-				s.o.Logger.Debug("sync warning", "object", name, "id", up.ID, "warning", w.String())
-			}
-			up.Source, up.Ref = "sync", ref
-			ups = append(ups, up)
+	return s.query(ctx, name, SelectSOQL(name, obj, s.o.Since), false, func(r Record) (guard.Update, error) {
+		id, _ := r.Field("Id")
+		up, warns, err := s.o.Mapping.Record(name, id, r.Field, s.o.Record)
+		if err != nil {
+			return up, err
 		}
-		return s.apply(ctx, ups)
+		for _, w := range warns {
+			s.sum.Warnings[w.Code]++
+			s.o.Logger.Debug("sync warning", "object", name, "id", up.ID, "warning", w.String())
+		}
+		return up, nil
 	})
 }
 
 // deleted syncs the rows QueryAll reports with IsDeleted = TRUE as
 // tombstones at their SystemModstamp.
 func (s *syncer) deleted(ctx context.Context, name string, obj webhook.Object) error {
-	soql := DeletedSOQL(name, s.o.Since)
-	return s.c.Query(ctx, soql, true, func(p Page) error {
+	return s.query(ctx, name, DeletedSOQL(name, s.o.Since), true, func(r Record) (guard.Update, error) {
+		s.sum.Deleted++
+		return s.tombstone(name, r)
+	})
+}
+
+// query runs soql on object name's rows (the deleted ones with QueryAll
+// when all is set) and writes each page in one Apply: row turns a row into
+// its update, or gives the reason to skip it, which is listed as a problem.
+func (s *syncer) query(ctx context.Context, name, soql string, all bool, row func(Record) (guard.Update, error)) error {
+	op, what := "query", name
+	if all {
+		op, what = "queryAll", name+" deleted"
+	}
+	return s.c.Query(ctx, soql, all, func(p Page) error {
 		s.sum.Pages++
-		ref := fmt.Sprintf("queryAll %s page %d", name, p.Number)
+		ref := fmt.Sprintf("%s %s page %d", op, name, p.Number)
 		ups := make([]guard.Update, 0, len(p.Records))
 		for i, r := range p.Records {
 			s.sum.Rows++
-			s.sum.Deleted++
-			up, err := s.tombstone(name, r)
+			up, err := row(r)
 			if err != nil {
 				raw, _ := r.Field("Id")
-				s.problem("%s deleted page %d row %d (%s): %v", name, p.Number, i+1, safeID(raw), err)
+				s.problem("%s page %d row %d (%s): %v", what, p.Number, i+1, safeID(raw), err)
 				continue
 			}
 			up.Source, up.Ref = "sync", ref
