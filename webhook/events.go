@@ -230,9 +230,9 @@ func (h *Handler) deletion(del map[string]json.RawMessage, o RecordOptions) (gua
 	if !ok {
 		return guard.Update{}, &FieldError{Field: "Id", Err: errors.New("required")}
 	}
-	id, err := guard.NormalizeRecordID(strings.TrimSpace(raw))
+	id, err := RecordID(raw)
 	if err != nil {
-		return guard.Update{}, &FieldError{Field: "Id", Err: errors.New("not a 15- or 18-character Salesforce Id")}
+		return guard.Update{}, err
 	}
 	up := guard.Update{ID: id, Deleted: true}
 	typ, err := objectType(del)

@@ -247,6 +247,16 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
 func (e *FieldError) Unwrap() error { return e.Err }
 
+// RecordID returns the 18-character form of a record's Id field, or a
+// *FieldError for the Id field that does not repeat the value.
+func RecordID(raw string) (string, error) {
+	id, err := guard.NormalizeRecordID(strings.TrimSpace(raw))
+	if err != nil {
+		return "", &FieldError{Field: "Id", Err: errors.New("not a 15- or 18-character Salesforce Id")}
+	}
+	return id, nil
+}
+
 // Object returns the mapping of an object type, matching API names
 // without regard to case, and the canonical name.
 func (m Mapping) Object(name string) (string, Object, bool) {
@@ -285,9 +295,9 @@ func (m Mapping) Record(object, id string, fields func(name string) (string, boo
 	if region == "" {
 		region = "DE"
 	}
-	rid, err := guard.NormalizeRecordID(strings.TrimSpace(id))
+	rid, err := RecordID(id)
 	if err != nil {
-		return guard.Update{}, nil, &FieldError{Field: "Id", Err: errors.New("not a 15- or 18-character Salesforce Id")}
+		return guard.Update{}, nil, err
 	}
 	up := guard.Update{ID: rid, Object: name}
 	var warns []Warning

@@ -231,9 +231,9 @@ func (s *syncer) query(ctx context.Context, name, soql string, all bool, row fun
 
 func (s *syncer) tombstone(name string, r Record) (guard.Update, error) {
 	raw, _ := r.Field("Id")
-	id, err := guard.NormalizeRecordID(strings.TrimSpace(raw))
+	id, err := webhook.RecordID(raw)
 	if err != nil {
-		return guard.Update{}, &webhook.FieldError{Field: "Id", Err: errors.New("not a 15- or 18-character Salesforce Id")}
+		return guard.Update{}, err
 	}
 	up := guard.Update{ID: id, Object: name, Deleted: true}
 	ms, ok := r.Field("SystemModstamp")
