@@ -58,15 +58,8 @@ func scrubHandler(g *guard.Guard, log *slog.Logger) http.HandlerFunc {
 			return
 		}
 		opts.Annotate, _ = strconv.ParseBool(q.Get("annotate"))
-		switch q.Get("kind") {
-		case "":
-		case "email":
-			opts.Kind = guard.KindEmail
-		case "phone":
-			opts.Kind = guard.KindPhone
-		case "contact", "contact_id":
-			opts.Kind = guard.KindRecordID
-		default:
+		var ok bool
+		if opts.Kind, ok = scrubKind(q.Get("kind")); !ok {
 			jsonError(w, http.StatusBadRequest, "", "kind: want email, phone or contact")
 			return
 		}
@@ -104,6 +97,23 @@ func scrubHandler(g *guard.Guard, log *slog.Logger) http.HandlerFunc {
 		w.Header().Set("X-Scrub-Allowed", strconv.Itoa(sum.Allowed))
 		w.Header().Set("X-Scrub-Denied", strconv.Itoa(sum.Denied))
 	}
+}
+
+// scrubKind reads what a list's identifier column holds (?kind= and the
+// scrub command's -kind): email, phone or contact (contact_id); "" leaves
+// it to the channel (scrub.DefaultKind).
+func scrubKind(s string) (guard.Kind, bool) {
+	switch s {
+	case "":
+		return 0, true
+	case "email":
+		return guard.KindEmail, true
+	case "phone":
+		return guard.KindPhone, true
+	case "contact", "contact_id":
+		return guard.KindRecordID, true
+	}
+	return 0, false
 }
 
 // startedWriter writes the response header on the first body byte.

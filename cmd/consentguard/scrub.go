@@ -31,16 +31,13 @@ func runScrub(ctx context.Context, args []string, getenv func(string) string, st
 	if fs.NArg() != 1 {
 		return &usageError{"scrub: want one input file (or - for stdin)"}
 	}
+	k := *kind
+	if k == "id" { // an alias the command takes and the HTTP route does not
+		k = "contact"
+	}
 	opts := scrub.Options{Channel: ch, Column: *column, Annotate: *annotate}
-	switch *kind {
-	case "":
-	case "email":
-		opts.Kind = guard.KindEmail
-	case "phone":
-		opts.Kind = guard.KindPhone
-	case "contact", "contact_id", "id":
-		opts.Kind = guard.KindRecordID
-	default:
+	var ok bool
+	if opts.Kind, ok = scrubKind(k); !ok {
 		return &usageError{fmt.Sprintf("scrub: -kind %q: want email, phone or contact", *kind)}
 	}
 	in, err := openInput(fs.Arg(0))
