@@ -592,12 +592,11 @@ type queryResult struct {
 // QueryAll resource, which also returns deleted (recycle bin) and merged
 // rows. An error from fn stops the query and is returned as is.
 func (c *Client) Query(ctx context.Context, soql string, all bool, fn func(Page) error) error {
-	op, resource := "query", "query"
+	op := "query" // the resource's name, also naming it in errors
 	if all {
-		op, resource = "queryAll", "queryAll"
+		op = "queryAll"
 	}
-	base := "/services/data/v" + c.version + "/"
-	next := base + resource + "?" + url.Values{"q": {soql}}.Encode()
+	next := "/services/data/v" + c.version + "/" + op + "?" + url.Values{"q": {soql}}.Encode()
 	for n := 1; ; n++ {
 		body, err := c.get(ctx, op, next)
 		if err != nil {
