@@ -123,20 +123,8 @@ func (s *Store) lookupDirectChunk(ctx context.Context, ids []guard.Identifier, o
 	for i, id := range ids {
 		l := &ls[i]
 		l.start = len(buf)
-		switch id.Kind {
-		case guard.KindEmail, guard.KindPhone:
-			if id.Value == "" {
-				continue
-			}
-			buf = s.appendIndexKey(buf, id)
-			l.index = true
-		case guard.KindRecordID:
-			rid, err := guard.NormalizeRecordID(id.Value)
-			if err != nil {
-				continue
-			}
-			buf = s.appendRecordKey(buf, rid)
-		default:
+		var ok bool
+		if buf, l.index, ok = s.appendLookupKey(buf, id); !ok {
 			continue
 		}
 		l.end = len(buf)

@@ -68,24 +68,22 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 	return out, nil
 }
 
-// lookupKey returns the key a lookup reads for id: the index key for an
-// email or phone, the record key for a record Id; ok is false for
-// identifiers that cannot match anything (invalid record Id, unknown kind).
-func (s *Store) lookupKey(id guard.Identifier) (key string, ok bool) {
+// appendLookupKey appends the key a lookup reads for id to dst: the index
+// key for an email or phone (index true), the record key for a record Id.
+// ok is false, and dst comes back as it was, for an identifier that cannot
+// match anything (no value, an invalid record Id, an unknown kind).
+func (s *Store) appendLookupKey(dst []byte, id guard.Identifier) (_ []byte, index, ok bool) {
 	switch id.Kind {
 	case guard.KindEmail, guard.KindPhone:
-		if id.Value == "" {
-			return "", false
+		if id.Value != "" {
+			return s.appendIndexKey(dst, id), true, true
 		}
-		return s.indexKeyOf(id), true
 	case guard.KindRecordID:
-		rid, err := guard.NormalizeRecordID(id.Value)
-		if err != nil {
-			return "", false
+		if rid, err := guard.NormalizeRecordID(id.Value); err == nil {
+			return s.appendRecordKey(dst, rid), false, true
 		}
-		return s.recordKey(rid), true
 	}
-	return "", false
+	return dst, false, false
 }
 
 // lineFields is the number of NUL-separated fields per record in a lookup
@@ -101,12 +99,14 @@ func (s *Store) lookupCluster(ctx context.Context, ids []guard.Identifier, out [
 	sets := make([]*redis.StringSliceCmd, len(ids))
 	direct := make([]*redis.StringCmd, len(ids))
 	pipe := s.rdb.Pipeline()
+	kb := make([]byte, 0, 128)
 	for i, id := range ids {
-		key, ok := s.lookupKey(id)
-		if !ok {
+		var index, ok bool
+		if kb, index, ok = s.appendLookupKey(kb[:0], id); !ok {
 			continue
 		}
-		if id.Kind != guard.KindRecordID {
+		key := string(kb)
+		if index {
 			hashes[i] = key[len(s.prefix)+2:]
 			sets[i] = pipe.HKeys(ctx, key)
 		} else {

@@ -295,12 +295,6 @@ func (s *Store) appendRecordKey(dst []byte, id string) []byte {
 	return append(dst, "}:r"...)
 }
 
-// indexKeyOf is indexKey(idHash(id)) with a single allocation.
-func (s *Store) indexKeyOf(id guard.Identifier) string {
-	var buf [64 + 2*sha256.Size]byte
-	return string(s.appendIndexKey(buf[:0], id))
-}
-
 // noteKey names a notification-dedupe key: the caller's key is HMAC'd so
 // whatever it contains never reaches Redis in clear.
 func (s *Store) noteKey(k string) string {
