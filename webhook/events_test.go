@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -159,12 +160,12 @@ func TestEventsAuth(t *testing.T) {
 	}
 	// Without any configured credential the endpoint is closed.
 	h := New(e.store, Options{})
-	w := newRecorder()
+	w := httptest.NewRecorder()
 	req := newRequest(EventsPath, body)
 	req.Header.Set("Authorization", "Bearer ")
 	h.ServeHTTP(w, req)
-	if w.code != http.StatusUnauthorized {
-		t.Errorf("unconfigured: %d", w.code)
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("unconfigured: %d", w.Code)
 	}
 }
 

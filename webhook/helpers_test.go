@@ -5,6 +5,8 @@ import (
 	"encoding/xml"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -42,6 +44,10 @@ func encodeOutbound(org string, notes []notification) []byte {
 	}
 	b.WriteString("  </notifications>\n </soapenv:Body>\n</soapenv:Envelope>\n")
 	return b.Bytes()
+}
+
+func newRequest(target string, body []byte) *http.Request {
+	return httptest.NewRequest(http.MethodPost, target, bytes.NewReader(body))
 }
 
 func esc(s string) string {

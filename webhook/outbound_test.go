@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -244,10 +245,10 @@ func TestOutboundNoTokenConfigured(t *testing.T) {
 	e := newEnv(t, Options{})
 	h := New(e.store, Options{}) // Token empty
 	for _, q := range []string{"", "?token="} {
-		w := newRecorder()
+		w := httptest.NewRecorder()
 		h.ServeHTTP(w, newRequest(OutboundPath+q, readTestdata(t, "outbound_one.xml")))
-		if w.code != http.StatusUnauthorized {
-			t.Errorf("%q: %d", q, w.code)
+		if w.Code != http.StatusUnauthorized {
+			t.Errorf("%q: %d", q, w.Code)
 		}
 	}
 }
