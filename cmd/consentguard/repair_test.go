@@ -13,6 +13,22 @@ import (
 	"github.com/consentguard/consentguard/guard"
 )
 
+// mustImportThree imports three contacts through the import command: Anna
+// (email and phone Ja), Bert (email Nein, phone Ja) and Carl (email Ja, no
+// phone).
+func mustImportThree(tb testing.TB, env map[string]string) {
+	tb.Helper()
+	export := filepath.Join(tb.TempDir(), "contacts.csv")
+	os.WriteFile(export, []byte(`"ID","EMAIL","PHONE","DARF_ANGEMAILT_WERDEN__C","DARF_TELEFONISCH_KONTAKTIERT_WERDEN__C","SYSTEMMODSTAMP"
+"0035g00000ABCDe","anna@firma.de","0211 17540322","Ja","Ja","2026-11-20T08:00:00.000Z"
+"0035g00000ABCDf","bert@firma.de","0211 17540323","Nein","Ja","2026-11-20T08:00:00.000Z"
+"0035g00000ABCDg","carl@firma.de","","Ja","","2026-11-20T08:00:00.000Z"
+`), 0o600)
+	if code, out, err := runCmd(tb, env, "import", export); code != 0 {
+		tb.Fatalf("import: exit %d %v\n%s", code, err, out)
+	}
+}
+
 // TestRepairIndexCommand: a record key deleted by hand still answers
 // through its index entries until repair-index removes them, and a lost
 // index key leaves its record unknown until repair-index adds the entry
@@ -21,15 +37,7 @@ import (
 func TestRepairIndexCommand(t *testing.T) {
 	rs := redistest.Start(t)
 	env := redisEnv(rs.URL())
-	export := filepath.Join(t.TempDir(), "contacts.csv")
-	os.WriteFile(export, []byte(`"ID","EMAIL","PHONE","DARF_ANGEMAILT_WERDEN__C","DARF_TELEFONISCH_KONTAKTIERT_WERDEN__C","SYSTEMMODSTAMP"
-"0035g00000ABCDe","anna@firma.de","0211 17540322","Ja","Ja","2026-11-20T08:00:00.000Z"
-"0035g00000ABCDf","bert@firma.de","0211 17540323","Nein","Ja","2026-11-20T08:00:00.000Z"
-"0035g00000ABCDg","carl@firma.de","","Ja","","2026-11-20T08:00:00.000Z"
-`), 0o600)
-	if code, out, err := runCmd(t, env, "import", export); code != 0 {
-		t.Fatalf("import: exit %d %v\n%s", code, err, out)
-	}
+	mustImportThree(t, env)
 	code, out, err := runCmd(t, env, "repair-index")
 	if code != 0 || out != "index: 5 keys, 5 entries, 3 records, 0 repaired, 0 added\n" {
 		t.Fatalf("repair-index on a healthy index: exit %d %v, printed %q", code, err, out)
@@ -122,15 +130,7 @@ func TestRepairIndexCommandUpgradesSchema2(t *testing.T) {
 	rs := redistest.Start(t)
 	rdb := rs.Client(t)
 	env := redisEnv(rs.URL())
-	export := filepath.Join(t.TempDir(), "contacts.csv")
-	os.WriteFile(export, []byte(`"ID","EMAIL","PHONE","DARF_ANGEMAILT_WERDEN__C","DARF_TELEFONISCH_KONTAKTIERT_WERDEN__C","SYSTEMMODSTAMP"
-"0035g00000ABCDe","anna@firma.de","0211 17540322","Ja","Ja","2026-11-20T08:00:00.000Z"
-"0035g00000ABCDf","bert@firma.de","0211 17540323","Nein","Ja","2026-11-20T08:00:00.000Z"
-"0035g00000ABCDg","carl@firma.de","","Ja","","2026-11-20T08:00:00.000Z"
-`), 0o600)
-	if code, out, err := runCmd(t, env, "import", export); code != 0 {
-		t.Fatalf("import: exit %d %v\n%s", code, err, out)
-	}
+	mustImportThree(t, env)
 	anna, err := guard.NormalizeRecordID("0035g00000ABCDe")
 	if err != nil {
 		t.Fatal(err)
