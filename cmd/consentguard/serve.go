@@ -215,12 +215,10 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	eg, gctx := errgroup.WithContext(ctx)
 	for _, s := range services {
 		eg.Go(func() error {
-			err := s.serve(s.ln)
-			if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) ||
-				errors.Is(err, smtprelay.ErrServerClosed) || errors.Is(err, policy.ErrServerClosed) {
-				return nil
+			if err := s.serve(s.ln); err != nil && !closed(err) {
+				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			return fmt.Errorf("%s: %w", s.name, err)
+			return nil
 		})
 	}
 	eg.Go(func() error {
@@ -235,8 +233,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := s.shutdown(sctx); err != nil && !errors.Is(err, net.ErrClosed) &&
-					!errors.Is(err, smtprelay.ErrServerClosed) && !errors.Is(err, policy.ErrServerClosed) {
+				if err := s.shutdown(sctx); err != nil && !closed(err) {
 					errs[i] = fmt.Errorf("%s shutdown: %w", s.name, err)
 				}
 			}()
@@ -247,6 +244,13 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	err = eg.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// closed reports the errors a server's Serve or Shutdown returns because
+// it was shut down or its listener closed: the normal end, not a failure.
+func closed(err error) bool {
+	return errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, smtprelay.ErrServerClosed) || errors.Is(err, policy.ErrServerClosed)
 }
 
 // httpTLS builds the listener's TLS config: server certificate, and with
