@@ -35,20 +35,29 @@ type backend struct {
 	path string
 }
 
+// store is a new, initialised store on b (HashKey testKey unless opts
+// sets one), checked to be on b's read path.
 func (b backend) store(tb testing.TB, opts cache.Options) *cache.Store {
 	tb.Helper()
+	st := b.uninitialised(opts)
+	if err := st.Init(context.Background()); err != nil {
+		tb.Fatalf("Init: %v", err)
+	}
+	if got := cache.LookupPath(st); b.path != "" && got != b.path {
+		tb.Fatalf("lookup path after Init = %q, want %q", got, b.path)
+	}
+	return st
+}
+
+// uninitialised is b.store without Init: the store Upgrade runs on (Init
+// refuses schema 2), or one a test initialises itself.
+func (b backend) uninitialised(opts cache.Options) *cache.Store {
 	if opts.HashKey == nil {
 		opts.HashKey = testKey
 	}
 	st := cache.New(b.rdb, opts)
 	if b.tweak != nil {
 		b.tweak(st)
-	}
-	if err := st.Init(context.Background()); err != nil {
-		tb.Fatalf("Init: %v", err)
-	}
-	if got := cache.LookupPath(st); b.path != "" && got != b.path {
-		tb.Fatalf("lookup path after Init = %q, want %q", got, b.path)
 	}
 	return st
 }
@@ -62,6 +71,39 @@ func realBackends(t *testing.T, tweak func(*cache.Store), path string) func(*tes
 			t.Fatalf("FLUSHALL: %v", err)
 		}
 		return backend{rdb: rdb, tweak: tweak, path: path}
+	}
+}
+
+// clusterBackends gives a fresh (flushed) one-node Redis Cluster, through
+// a redis.ClusterClient: the store takes the Cluster path by the client's
+// type.
+func clusterBackends(t *testing.T) func(*testing.T) backend {
+	srv := redistest.StartCluster(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return func(t *testing.T) backend {
+		err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
+			return c.FlushAll(ctx).Err()
+		})
+		if err != nil {
+			t.Fatalf("FLUSHALL: %v", err)
+		}
+		return backend{rdb: rdb, path: "cluster"}
+	}
+}
+
+// checked wraps fresh so that every backend it gives ends its subtest with
+// the index checked against the records (checkIndex), unless the subtest
+// failed already.
+func checked(fresh func(*testing.T) backend) func(*testing.T) backend {
+	return func(t *testing.T) backend {
+		b := fresh(t)
+		t.Cleanup(func() {
+			if !t.Failed() {
+				checkIndex(t, b)
+			}
+		})
+		return b
 	}
 }
 
@@ -89,21 +131,7 @@ func TestContractRedisClusterLookup(t *testing.T) {
 // TestContractRedisCluster runs it through a real redis.ClusterClient on a
 // one-node Cluster (every slot on one server), the store's own choice of
 // the Cluster path rather than a forced one.
-func TestContractRedisCluster(t *testing.T) {
-	srv := redistest.StartCluster(t)
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { rdb.Close() })
-	runContract(t, func(t *testing.T) backend {
-		ctx := context.Background()
-		err := rdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			return c.FlushAll(ctx).Err()
-		})
-		if err != nil {
-			t.Fatalf("FLUSHALL: %v", err)
-		}
-		return backend{rdb: rdb, path: "cluster"}
-	})
-}
+func TestContractRedisCluster(t *testing.T) { runContract(t, clusterBackends(t)) }
 
 func TestContractEmbedded(t *testing.T) { runContract(t, embeddedBackends(t)) }
 
@@ -218,15 +246,7 @@ func idHash(key []byte, id guard.Identifier) string {
 func runContract(t *testing.T, fresh func(*testing.T) backend) {
 	ctx := context.Background()
 	// Every subtest ends with the index checked against the records.
-	newBackend := func(t *testing.T) backend {
-		b := fresh(t)
-		t.Cleanup(func() {
-			if !t.Failed() {
-				checkIndex(t, b)
-			}
-		})
-		return b
-	}
+	newBackend := checked(fresh)
 
 	t.Run("NewerVersionReplaces", func(t *testing.T) {
 		st := newBackend(t).store(t, cache.Options{})

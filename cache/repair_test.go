@@ -16,7 +16,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/consentguard/consentguard/cache"
-	"github.com/consentguard/consentguard/cache/redistest"
 	"github.com/consentguard/consentguard/guard"
 )
 
@@ -35,20 +34,7 @@ func TestRepairIndexEmbedded(t *testing.T) { runRepairIndex(t, embeddedBackends(
 // TestRepairIndexRedisCluster runs it on a real one-node Redis Cluster
 // through a redis.ClusterClient: the store takes the Cluster path by the
 // client's type, and RepairIndex scans every master (ForEachMaster).
-func TestRepairIndexRedisCluster(t *testing.T) {
-	srv := redistest.StartCluster(t)
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = rdb.Close() })
-	runRepairIndex(t, func(t *testing.T) backend {
-		err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
-			return c.FlushAll(ctx).Err()
-		})
-		if err != nil {
-			t.Fatalf("FLUSHALL: %v", err)
-		}
-		return backend{rdb: rdb, path: "cluster"}
-	})
-}
+func TestRepairIndexRedisCluster(t *testing.T) { runRepairIndex(t, clusterBackends(t)) }
 
 func mustRepair(tb testing.TB, st *cache.Store) cache.IndexReport {
 	tb.Helper()
@@ -108,15 +94,7 @@ func runRepairIndex(t *testing.T, fresh func(*testing.T) backend) {
 	ctx := context.Background()
 	// As in the contract suite, each subtest ends with the index checked
 	// against the records.
-	newBackend := func(t *testing.T) backend {
-		b := fresh(t)
-		t.Cleanup(func() {
-			if !t.Failed() {
-				checkIndex(t, b)
-			}
-		})
-		return b
-	}
+	newBackend := checked(fresh)
 
 	t.Run("DeletedRecordKeyIsUnindexed", func(t *testing.T) {
 		// An operator's DEL of a record key leaves its index entries. On the

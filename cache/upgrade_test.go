@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/consentguard/consentguard/cache"
-	"github.com/consentguard/consentguard/cache/redistest"
 	"github.com/consentguard/consentguard/guard"
 )
 
@@ -30,33 +29,7 @@ func TestUpgradeEmbedded(t *testing.T) { runUpgrade(t, embeddedBackends(t)) }
 
 // TestUpgradeRedisCluster runs it on a real one-node Redis Cluster through
 // a redis.ClusterClient (every master scanned).
-func TestUpgradeRedisCluster(t *testing.T) {
-	srv := redistest.StartCluster(t)
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = rdb.Close() })
-	runUpgrade(t, func(t *testing.T) backend {
-		err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
-			return c.FlushAll(ctx).Err()
-		})
-		if err != nil {
-			t.Fatalf("FLUSHALL: %v", err)
-		}
-		return backend{rdb: rdb, path: "cluster"}
-	})
-}
-
-// uninitialised is b.store without Init, which refuses schema 2: the
-// store Upgrade runs on.
-func (b backend) uninitialised(opts cache.Options) *cache.Store {
-	if opts.HashKey == nil {
-		opts.HashKey = testKey
-	}
-	st := cache.New(b.rdb, opts)
-	if b.tweak != nil {
-		b.tweak(st)
-	}
-	return st
-}
+func TestUpgradeRedisCluster(t *testing.T) { runUpgrade(t, clusterBackends(t)) }
 
 // toSchema2 rewrites the index under "cg:" as the schema 2 release left
 // it: each index hash becomes a set of its field names, and the meta hash
@@ -225,15 +198,7 @@ func (d schema2Data) check(t *testing.T, b backend, st *cache.Store) {
 
 func runUpgrade(t *testing.T, fresh func(*testing.T) backend) {
 	ctx := context.Background()
-	newBackend := func(t *testing.T) backend {
-		b := fresh(t)
-		t.Cleanup(func() {
-			if !t.Failed() {
-				checkIndex(t, b)
-			}
-		})
-		return b
-	}
+	newBackend := checked(fresh)
 
 	t.Run("ConvertsKeepingRecordsAndHistory", func(t *testing.T) {
 		b := newBackend(t)
