@@ -531,21 +531,18 @@ func sleep(ctx context.Context, d time.Duration) error {
 // apiError reads the REST API's [{"message","errorCode"}] error body.
 func apiError(op string, status int, body []byte) *APIError {
 	e := &APIError{Op: op, Status: status}
-	var list []struct {
+	type restError struct {
 		Message   string `json:"message"`
 		ErrorCode string `json:"errorCode"`
 	}
+	var list []restError
+	var one restError
 	if json.Unmarshal(body, &list) == nil && len(list) > 0 {
-		e.Code, e.Message = webhook.Printable(list[0].ErrorCode, 60), webhook.Printable(list[0].Message, 300)
+		one = list[0]
+	} else if json.Unmarshal(body, &one) != nil {
 		return e
 	}
-	var one struct {
-		Message   string `json:"message"`
-		ErrorCode string `json:"errorCode"`
-	}
-	if json.Unmarshal(body, &one) == nil {
-		e.Code, e.Message = webhook.Printable(one.ErrorCode, 60), webhook.Printable(one.Message, 300)
-	}
+	e.Code, e.Message = webhook.Printable(one.ErrorCode, 60), webhook.Printable(one.Message, 300)
 	return e
 }
 
