@@ -27,18 +27,10 @@ const benchPeople = 5000 // records, each with one email and one phone
 
 // benchStore fills a fresh redis-server. tweak (may be nil) adjusts the
 // store before Init, e.g. cache.UseClusterLookup for the Cluster path.
-func benchStore(b *testing.B, tweak ...func(*cache.Store)) (*cache.Store, *redis.Client) {
+func benchStore(b *testing.B, tweak func(*cache.Store)) (*cache.Store, *redis.Client) {
 	b.Helper()
-	ctx := context.Background()
-	srv := redistest.Start(b)
-	rdb := srv.Client(b)
-	st := cache.New(rdb, cache.Options{HashKey: testKey})
-	for _, f := range tweak {
-		f(st)
-	}
-	if err := st.Init(ctx); err != nil {
-		b.Fatal(err)
-	}
+	rdb := redistest.Start(b).Client(b)
+	st := backend{rdb: rdb, tweak: tweak}.store(b, cache.Options{})
 	ups := make([]guard.Update, 0, 100)
 	for n := range benchPeople {
 		ups = append(ups, upd(rid(b, n), v(1), c4("Ja", "Nein", "", "Ja"), benchEmail(b, n), benchPhone(b, n)))
@@ -60,7 +52,7 @@ func benchPhone(tb testing.TB, n int) guard.Identifier {
 }
 
 func BenchmarkBaselineHGET(b *testing.B) {
-	_, rdb := benchStore(b)
+	_, rdb := benchStore(b, nil)
 	ctx := context.Background()
 	key := "cg:{" + rid(b, 7) + "}:r"
 	cpu := redisCPU(b, rdb)
@@ -85,7 +77,7 @@ var lookupPaths = []struct {
 	tweak func(*cache.Store)
 	cmd   string // the Redis command a lookup runs, for INFO commandstats
 }{
-	{"direct", func(*cache.Store) {}, "hvals"},
+	{"direct", nil, "hvals"},
 	{"cluster", cache.UseClusterLookup, "hkeys"},
 }
 
@@ -152,7 +144,7 @@ func BenchmarkLookupSingle(b *testing.B) {
 }
 
 func BenchmarkBaselineHGETParallel(b *testing.B) {
-	_, rdb := benchStore(b)
+	_, rdb := benchStore(b, nil)
 	ctx := context.Background()
 	key := "cg:{" + rid(b, 7) + "}:r"
 	cpu := redisCPU(b, rdb)

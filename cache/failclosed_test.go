@@ -18,10 +18,7 @@ import (
 func TestFailClosedWhenRedisStops(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
-	st := cache.New(srv.Client(t), cache.Options{HashKey: testKey})
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := backend{rdb: srv.Client(t)}.store(t, cache.Options{})
 	a := email(t, "ok@example.de")
 	feed := upd(rid(t, 1), v(1), c4("Ja", "", "", ""), a)
 	mustApply(t, st, feed)
@@ -76,10 +73,7 @@ func TestFailClosedWhenRedisStops(t *testing.T) {
 func TestFailClosedTimeout(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
-	st := cache.New(srv.Client(t), cache.Options{HashKey: testKey})
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := backend{rdb: srv.Client(t)}.store(t, cache.Options{})
 	a := email(t, "slow@example.de")
 	mustApply(t, st, upd(rid(t, 2), v(1), c4("Ja", "", "", ""), a))
 	admin := srv.Client(t)
@@ -100,10 +94,7 @@ func TestFailClosedEmbeddedClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := cache.New(e.Client(), cache.Options{HashKey: testKey})
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := backend{rdb: e.Client()}.store(t, cache.Options{})
 	e.Close()
 	d, err := guard.New(st, guard.Options{}).Check(ctx, guard.Email, email(t, "a@b.de"))
 	if !errors.Is(err, guard.ErrUnavailable) || d.Allowed {

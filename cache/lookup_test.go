@@ -49,13 +49,7 @@ func TestDirectLookup(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	st := cache.New(rdb, cache.Options{HashKey: testKey})
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if p := cache.LookupPath(st); p != "direct" {
-		t.Fatalf("lookup path = %q, want direct", p)
-	}
+	st := backend{rdb: rdb, path: "direct"}.store(t, cache.Options{})
 	shared := email(t, "info@firma.de")
 	other := email(t, "other@firma.de")
 	x, y := rid(t, 1), rid(t, 2)
@@ -196,10 +190,7 @@ func TestDirectLookupWrongTypeFailsClosed(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	st := cache.New(rdb, cache.Options{HashKey: testKey})
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := backend{rdb: rdb}.store(t, cache.Options{})
 	a := email(t, "a@example.de")
 	if err := rdb.Set(ctx, "cg:i:"+idHash(testKey, a), "x", 0).Err(); err != nil {
 		t.Fatal(err)
@@ -218,22 +209,12 @@ func TestPrefixACLUser(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
-	for _, acl := range [][]any{
-		{"ACL", "SETUSER", "cg", "on", ">pw", "~cg:*", "+@all"},
-	} {
-		if err := admin.Do(ctx, acl...).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	client := func(user string) *redis.Client {
-		c := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: user, Password: "pw"})
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	st := cache.New(client("cg"), cache.Options{HashKey: testKey})
-	if err := st.Init(ctx); err != nil {
+	if err := admin.Do(ctx, "ACL", "SETUSER", "cg", "on", ">pw", "~cg:*", "+@all").Err(); err != nil {
 		t.Fatal(err)
 	}
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "cg", Password: "pw"})
+	t.Cleanup(func() { c.Close() })
+	st := backend{rdb: c}.store(t, cache.Options{})
 	a := email(t, "acl@example.de")
 	mustApply(t, st, upd(rid(t, 1), v(1), c4("Ja", "", "", ""), a))
 	wantIDs(t, lookupIDs(t, st, a), rid(t, 1))
@@ -252,11 +233,7 @@ func TestClusterLookupFailsClosedOnUnreadableRecord(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
-	w := cache.New(admin, cache.Options{HashKey: testKey})
-	cache.UseClusterLookup(w)
-	if err := w.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w := backend{rdb: admin, tweak: cache.UseClusterLookup, path: "cluster"}.store(t, cache.Options{})
 	shared := email(t, "shared@firma.de")
 	gone, yes, no := rid(t, 1), rid(t, 2), rid(t, 3)
 	key := "cg:i:" + idHash(testKey, shared)
@@ -278,8 +255,7 @@ func TestClusterLookupFailsClosedOnUnreadableRecord(t *testing.T) {
 	}
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "partial", Password: "pw"})
 	t.Cleanup(func() { c.Close() })
-	st := cache.New(c, cache.Options{HashKey: testKey})
-	cache.UseClusterLookup(st)
+	st := backend{rdb: c, tweak: cache.UseClusterLookup}.uninitialised(cache.Options{})
 	// The records are read in no fixed order: try often enough that the
 	// nil answer comes before the refusal.
 	for range 20 {

@@ -68,10 +68,7 @@ func TestNewClientTalksToRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	st := cache.New(c, cache.Options{HashKey: testKey})
-	if err := st.Init(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	st := backend{rdb: c}.store(t, cache.Options{})
 	if err := st.Ping(context.Background()); err != nil {
 		t.Fatal(err)
 	}
