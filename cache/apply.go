@@ -83,8 +83,7 @@ func (s *Store) Erase(ctx context.Context, id string) (guard.Outcome, error) {
 		return 0, err
 	}
 	now := strconv.FormatInt(s.now().UnixMilli(), 10)
-	c := casCall{id: rid, keys: []string{s.recordKey(rid), s.historyKey(rid)}}
-	c.args = []any{"e", "0", now, "", "", "", "", "", "1111", "", s.limit, "erase", "", rid, s.scriptIndex()}
+	c := s.cas(rid, "e", "0", now, "", [guard.NumChannels]string{}, "1111", "", "erase", "")
 	res, err := s.runCAS(ctx, []casCall{c})
 	if err != nil {
 		return 0, err
@@ -127,9 +126,11 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 	if u.Deleted {
 		mode = "d"
 	}
+	var words [guard.NumChannels]string
 	var ranks [guard.NumChannels]byte
 	for c, w := range u.Consent {
-		k, _ := s.vocab.Classify(noNUL(w))
+		words[c] = noNUL(w)
+		k, _ := s.vocab.Classify(words[c])
 		ranks[c] = '0' + byte(k)
 	}
 	hashes := make([]string, 0, len(u.Identifiers))
@@ -141,13 +142,19 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 	}
 	slices.Sort(hashes)
 	hashes = slices.Compact(hashes)
+	return s.cas(rid, mode, ver, now, noNUL(u.Object), words, string(ranks[:]), strings.Join(hashes, " "), u.Source, u.Ref), nil
+}
+
+// cas lays out one casScript call on record rid (see casScript for the
+// meaning of each argument); the history limit and the index key prefix
+// are the store's.
+func (s *Store) cas(rid, mode, ver, now, object string, words [guard.NumChannels]string, ranks, hashes, source, ref string) casCall {
 	return casCall{
 		id:   rid,
 		keys: []string{s.recordKey(rid), s.historyKey(rid)},
-		args: []any{mode, ver, now, noNUL(u.Object),
-			noNUL(u.Consent[0]), noNUL(u.Consent[1]), noNUL(u.Consent[2]), noNUL(u.Consent[3]), string(ranks[:]),
-			strings.Join(hashes, " "), s.limit, u.Source, u.Ref, rid, s.scriptIndex()},
-	}, nil
+		args: []any{mode, ver, now, object, words[0], words[1], words[2], words[3], ranks,
+			hashes, s.limit, source, ref, rid, s.scriptIndex()},
+	}
 }
 
 // runCAS runs the script for every call in one pipeline (evalAll, which
