@@ -34,10 +34,9 @@ type Server struct {
 	port        int
 	clusterPort int // cluster bus port; 0: not a Cluster node
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	done   chan struct{} // closed when cmd has exited
-	output *bytes.Buffer // stdout+stderr of the current process
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
 }
 
 // Start launches redis-server on a free loopback port and registers its
@@ -165,7 +164,6 @@ func (s *Server) Restart(tb testing.TB) {
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := new(bytes.Buffer)
 	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
@@ -185,20 +183,20 @@ func (s *Server) start() error {
 	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
-	cmd.Stdout = &lockedWriter{w: out}
-	cmd.Stderr = cmd.Stdout
+	out := &lockedWriter{} // stdout and stderr, for the error below
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	s.cmd, s.done, s.output = cmd, done, out
+	s.cmd, s.done = cmd, done
 
 	if err := waitPing(s.Addr(), done); err != nil {
 		_ = cmd.Process.Kill()
 		<-done
 		s.cmd, s.done = nil, nil
-		return fmt.Errorf("%w; output: %s", err, cmd.Stdout.(*lockedWriter).String())
+		return fmt.Errorf("%w; output: %s", err, out.String())
 	}
 	return nil
 }
@@ -264,7 +262,7 @@ func freePort() (int, error) {
 
 type lockedWriter struct {
 	mu sync.Mutex
-	w  *bytes.Buffer
+	w  bytes.Buffer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
