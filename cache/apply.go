@@ -135,10 +135,9 @@ func (s *Store) casArgs(u *guard.Update, now string) (casCall, error) {
 	}
 	hashes := make([]string, 0, len(u.Identifiers))
 	for _, id := range u.Identifiers {
-		if (id.Kind != guard.KindEmail && id.Kind != guard.KindPhone) || id.Value == "" {
-			continue
+		if indexed(id) {
+			hashes = append(hashes, s.IdentifierHash(id))
 		}
-		hashes = append(hashes, s.IdentifierHash(id))
 	}
 	slices.Sort(hashes)
 	hashes = slices.Compact(hashes)

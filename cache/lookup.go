@@ -73,17 +73,22 @@ func (s *Store) Lookup(ctx context.Context, ids []guard.Identifier) ([][]guard.R
 // ok is false, and dst comes back as it was, for an identifier that cannot
 // match anything (no value, an invalid record Id, an unknown kind).
 func (s *Store) appendLookupKey(dst []byte, id guard.Identifier) (_ []byte, index, ok bool) {
-	switch id.Kind {
-	case guard.KindEmail, guard.KindPhone:
-		if id.Value != "" {
-			return s.appendIndexKey(dst, id), true, true
-		}
-	case guard.KindRecordID:
+	switch {
+	case indexed(id):
+		return s.appendIndexKey(dst, id), true, true
+	case id.Kind == guard.KindRecordID:
 		if rid, err := guard.NormalizeRecordID(id.Value); err == nil {
 			return s.appendRecordKey(dst, rid), false, true
 		}
 	}
 	return dst, false, false
+}
+
+// indexed reports whether id is one the index holds: an email or phone
+// with a value. A write hashes these alone, and a lookup reads the index
+// for these alone.
+func indexed(id guard.Identifier) bool {
+	return (id.Kind == guard.KindEmail || id.Kind == guard.KindPhone) && id.Value != ""
 }
 
 // lineFields is the number of NUL-separated fields per record in a lookup
