@@ -828,16 +828,8 @@ func runContract(t *testing.T, fresh func(*testing.T) backend) {
 		b := newBackend(t)
 		b.store(t, cache.Options{}) // records the current schema
 		for _, old := range []string{"1", ""} {
-			var err error
-			if old == "" {
-				err = b.rdb.HDel(ctx, "cg:meta", "schema").Err()
-			} else {
-				err = b.rdb.HSet(ctx, "cg:meta", "schema", old).Err()
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = cache.New(b.rdb, cache.Options{HashKey: testKey}).Init(ctx)
+			setSchema(t, b.rdb, old)
+			err := cache.New(b.rdb, cache.Options{HashKey: testKey}).Init(ctx)
 			if !errors.Is(err, cache.ErrSchema) || errors.Is(err, guard.ErrHashKeyMismatch) {
 				t.Fatalf("Init on schema %q: %v, want ErrSchema", old, err)
 			}
@@ -923,6 +915,22 @@ func runContract(t *testing.T, fresh func(*testing.T) backend) {
 		st := b.store(t, cache.Options{})
 		checkNoPlaintext(t, b.rdb, st, !b.embedded)
 	})
+}
+
+// setSchema writes schema into the meta hash under "cg:", or removes the
+// field for "".
+func setSchema(tb testing.TB, rdb redis.UniversalClient, schema string) {
+	tb.Helper()
+	ctx := context.Background()
+	var err error
+	if schema == "" {
+		err = rdb.HDel(ctx, "cg:meta", "schema").Err()
+	} else {
+		err = rdb.HSet(ctx, "cg:meta", "schema", schema).Err()
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // checkIndex checks the identifier index against the records. Every live

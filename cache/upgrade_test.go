@@ -47,9 +47,7 @@ func toSchema2(tb testing.TB, rdb redis.UniversalClient, idx map[string]map[stri
 			}
 		}
 	}
-	if err := rdb.HSet(ctx, "cg:meta", "schema", "2").Err(); err != nil {
-		tb.Fatal(err)
-	}
+	setSchema(tb, rdb, "2")
 }
 
 // histories is every record's history under "cg:", raw, read in one
@@ -296,15 +294,7 @@ func runUpgrade(t *testing.T, fresh func(*testing.T) backend) {
 		}
 		b.store(t, cache.Options{})
 		for _, old := range []string{"1", "", "4"} {
-			var err error
-			if old == "" {
-				err = b.rdb.HDel(ctx, "cg:meta", "schema").Err()
-			} else {
-				err = b.rdb.HSet(ctx, "cg:meta", "schema", old).Err()
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			setSchema(t, b.rdb, old)
 			rep, err := st.Upgrade(ctx)
 			if !errors.Is(err, cache.ErrSchema) || errors.Is(err, guard.ErrHashKeyMismatch) || rep != (cache.UpgradeReport{}) {
 				t.Fatalf("Upgrade of schema %q = %+v, %v; want ErrSchema", old, rep, err)
@@ -314,9 +304,7 @@ func runUpgrade(t *testing.T, fresh func(*testing.T) backend) {
 				t.Fatalf("Init on schema %q: %v", old, err)
 			}
 		}
-		if err := b.rdb.HSet(ctx, "cg:meta", "schema", "3").Err(); err != nil {
-			t.Fatal(err)
-		}
+		setSchema(t, b.rdb, "3")
 	})
 
 	t.Run("CancelledContext", func(t *testing.T) {
